@@ -1,0 +1,5 @@
+//! Cross-cutting pieces every other module may use.
+
+pub mod backoff;
+pub mod redact;
+pub mod tasks;
