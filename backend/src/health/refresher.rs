@@ -1,0 +1,463 @@
+//! The background refresher and the [`Health`] handle the endpoints read.
+//!
+//! Every interval (with ±10 % jitter) the refresher runs all checks concurrently, each in
+//! its own task under the hard timeout, so a hanging check is cut off and a panicking one
+//! is reported as failed; neither stops the refresher. The new [`Snapshot`] is published
+//! through a `watch` channel; readers never wait on I/O. Each status change is logged once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{Check, CheckResult, Observation, Snapshot, Status};
+
+/// Identity of this instance, shown in every health body.
+#[derive(Clone, Debug)]
+pub struct ServiceInfo {
+    pub version: &'static str,
+    pub release_id: String,
+    /// Unique per running process: `<hostname>:<pid>:<random>`.
+    pub service_id: String,
+}
+
+impl ServiceInfo {
+    pub fn current() -> Self {
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            release_id: env!("CARGO_PKG_VERSION").to_owned(),
+            service_id: format!("{host}:{}:{:04x}", std::process::id(), fastrand::u16(..)),
+        }
+    }
+}
+
+/// Timing of the refresher.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// A result (or the refresher's heartbeat) older than this counts as failed.
+    pub stale_after: Duration,
+}
+
+/// Cheap-to-clone handle on the health state: the latest snapshot and the lifecycle flags.
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    checks: Vec<Arc<dyn Check>>,
+    settings: HealthSettings,
+    info: ServiceInfo,
+    snapshot: watch::Sender<Arc<Snapshot>>,
+    started: Instant,
+    started_wall: SystemTime,
+    /// Milliseconds since `started` at the refresher's last sign of life.
+    heartbeat_ms: AtomicU64,
+    migrations_ready: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Health {
+    pub fn new(checks: Vec<Arc<dyn Check>>, settings: HealthSettings, info: ServiceInfo) -> Self {
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
+        Self {
+            inner: Arc::new(Inner {
+                checks,
+                settings,
+                info,
+                snapshot,
+                started: Instant::now(),
+                started_wall: SystemTime::now(),
+                heartbeat_ms: AtomicU64::new(0),
+                migrations_ready: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    pub fn info(&self) -> &ServiceInfo {
+        &self.inner.info
+    }
+
+    pub fn settings(&self) -> HealthSettings {
+        self.inner.settings
+    }
+
+    pub fn checks(&self) -> &[Arc<dyn Check>] {
+        &self.inner.checks
+    }
+
+    /// The latest published snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.borrow().clone()
+    }
+
+    /// A receiver that sees every published snapshot (used to wait for a round).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.inner.snapshot.subscribe()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    pub fn started_wall(&self) -> SystemTime {
+        self.inner.started_wall
+    }
+
+    /// Called once migrations are applied (or when the service does not run them).
+    pub fn set_migrations_ready(&self) {
+        self.inner.migrations_ready.store(true, Ordering::Release);
+    }
+
+    /// Why start-up is not complete yet, or `None` once it is.
+    pub fn startup_pending(&self) -> Option<&'static str> {
+        if !self.inner.migrations_ready.load(Ordering::Acquire) {
+            Some("starting: database migrations not applied yet")
+        } else if self.inner.snapshot.borrow().round == 0 {
+            Some("starting: first round of health checks not done yet")
+        } else {
+            None
+        }
+    }
+
+    /// Readiness turns 503 from now on; liveness is unaffected.
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// `Err(reason)` when the refresher has shown no sign of life for `stale_after`.
+    pub fn liveness(&self) -> Result<(), String> {
+        let now_ms = self.inner.started.elapsed().as_millis() as u64;
+        let age = Duration::from_millis(
+            now_ms.saturating_sub(self.inner.heartbeat_ms.load(Ordering::Acquire)),
+        );
+        if age > self.inner.settings.stale_after {
+            Err(format!(
+                "health refresher silent for {:.1}s",
+                age.as_secs_f64()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn beat(&self) {
+        let ms = self.inner.started.elapsed().as_millis() as u64;
+        self.inner.heartbeat_ms.store(ms, Ordering::Release);
+    }
+
+    /// Runs rounds until `cancel` fires. The first round starts at once.
+    pub async fn run_refresher(self, cancel: CancellationToken) {
+        let interval = self.inner.settings.interval;
+        tracing::info!(
+            task = "health-refresher",
+            interval_ms = interval.as_millis() as u64,
+            checks = self.inner.checks.len(),
+            "health refresher started"
+        );
+        loop {
+            self.beat();
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = self.run_round() => {}
+            }
+            self.beat();
+            let jitter = 0.9 + fastrand::f64() * 0.2;
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+            }
+        }
+        tracing::info!(task = "health-refresher", "health refresher stopped");
+    }
+
+    /// Runs every check once, concurrently, and publishes the new snapshot.
+    pub async fn run_round(&self) {
+        let timeout = self.inner.settings.timeout;
+        let handles: Vec<_> = self
+            .inner
+            .checks
+            .iter()
+            .map(|check| {
+                let check = Arc::clone(check);
+                let started = Instant::now();
+                let handle = tokio::spawn(async move {
+                    let observations = tokio::time::timeout(timeout, check.run()).await;
+                    (observations, started.elapsed())
+                });
+                (started, handle)
+            })
+            .collect();
+
+        let mut results = Vec::with_capacity(handles.len());
+        for (check, (started, mut handle)) in self.inner.checks.iter().zip(handles) {
+            // The inner timeout cancels a hanging future; this outer one guards against a
+            // check that blocks its thread instead of yielding.
+            let outer = timeout + Duration::from_millis(500);
+            let (observations, duration) =
+                match tokio::time::timeout_at(started + outer, &mut handle).await {
+                    Ok(Ok((Ok(observations), duration))) => (observations, duration),
+                    Ok(Ok((Err(_), duration))) => (
+                        failed_all(
+                            check.as_ref(),
+                            &format!("timed out after {}ms", timeout.as_millis()),
+                        ),
+                        duration,
+                    ),
+                    Ok(Err(join_error)) => {
+                        let reason = if join_error.is_panic() {
+                            "check panicked"
+                        } else {
+                            "check was cancelled"
+                        };
+                        tracing::error!(check = check.name(), "{reason}");
+                        (failed_all(check.as_ref(), reason), started.elapsed())
+                    }
+                    Err(_) => {
+                        handle.abort();
+                        (
+                            failed_all(check.as_ref(), "check blocked past its timeout"),
+                            started.elapsed(),
+                        )
+                    }
+                };
+            results.push(CheckResult {
+                name: check.name(),
+                component_type: check.component_type(),
+                critical: check.critical(),
+                observations,
+                measured_at: SystemTime::now(),
+                measured: Instant::now(),
+                duration,
+            });
+        }
+
+        let previous = self.snapshot();
+        log_changes(&previous, &results);
+        let next = Snapshot {
+            round: previous.round + 1,
+            results,
+        };
+        self.inner.snapshot.send_replace(Arc::new(next));
+    }
+}
+
+fn failed_all(check: &dyn Check, reason: &str) -> Vec<Observation> {
+    check
+        .keys()
+        .iter()
+        .map(|key| Observation::fail(key, reason))
+        .collect()
+}
+
+/// Logs each observation whose status differs from the previous round's (or that is not
+/// passing in the first round), once.
+fn log_changes(previous: &Snapshot, results: &[CheckResult]) {
+    let before: HashMap<(&str, Option<&str>), Status> = previous
+        .results
+        .iter()
+        .flat_map(|r| r.observations.iter())
+        .map(|o| ((o.key, o.component_id.as_deref()), o.status))
+        .collect();
+    for result in results {
+        for obs in &result.observations {
+            let was = before.get(&(obs.key, obs.component_id.as_deref())).copied();
+            if was == Some(obs.status) || (was.is_none() && obs.status == Status::Pass) {
+                continue;
+            }
+            let output = obs
+                .output
+                .as_deref()
+                .map(crate::core::redact::redact_text)
+                .unwrap_or_default();
+            let from = was.map_or("none", Status::as_str);
+            let check = match &obs.component_id {
+                Some(id) => format!("{}[{id}]", obs.key),
+                None => obs.key.to_owned(),
+            };
+            match obs.status {
+                Status::Pass => tracing::info!(%check, from, to = "pass", "health check recovered"),
+                Status::Warn => {
+                    tracing::warn!(%check, from, to = "warn", critical = result.critical, %output, "health check degraded")
+                }
+                Status::Fail => {
+                    tracing::warn!(%check, from, to = "fail", critical = result.critical, %output, "health check failing")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{CheckFuture, ComponentType};
+
+    struct Fixed(&'static str, Status);
+    struct Hangs;
+    struct Panics;
+
+    impl Check for Fixed {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        fn keys(&self) -> &'static [&'static str] {
+            &["fixed:x"]
+        }
+        fn component_type(&self) -> ComponentType {
+            ComponentType::Component
+        }
+        fn critical(&self) -> bool {
+            true
+        }
+        fn run(&self) -> CheckFuture<'_> {
+            let status = self.1;
+            Box::pin(async move { vec![Observation::pass("fixed:x").worsen(status, "set")] })
+        }
+    }
+
+    impl Check for Hangs {
+        fn name(&self) -> &'static str {
+            "hangs:x"
+        }
+        fn keys(&self) -> &'static [&'static str] {
+            &["hangs:x", "hangs:y"]
+        }
+        fn component_type(&self) -> ComponentType {
+            ComponentType::Component
+        }
+        fn critical(&self) -> bool {
+            true
+        }
+        fn run(&self) -> CheckFuture<'_> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    impl Check for Panics {
+        fn name(&self) -> &'static str {
+            "panics:x"
+        }
+        fn keys(&self) -> &'static [&'static str] {
+            &["panics:x"]
+        }
+        fn component_type(&self) -> ComponentType {
+            ComponentType::Component
+        }
+        fn critical(&self) -> bool {
+            false
+        }
+        fn run(&self) -> CheckFuture<'_> {
+            Box::pin(async { panic!("boom") })
+        }
+    }
+
+    fn health(checks: Vec<Arc<dyn Check>>) -> Health {
+        Health::new(
+            checks,
+            HealthSettings {
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                stale_after: Duration::from_secs(15),
+            },
+            ServiceInfo::current(),
+        )
+    }
+
+    fn status_of(snapshot: &Snapshot, key: &str) -> Vec<(Status, Option<String>)> {
+        snapshot
+            .results
+            .iter()
+            .flat_map(|r| r.observations.iter())
+            .filter(|o| o.key == key)
+            .map(|o| (o.status, o.output.clone()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_check_times_out_and_the_others_still_report() {
+        let h = health(vec![
+            Arc::new(Hangs),
+            Arc::new(Fixed("fixed:x", Status::Pass)),
+        ]);
+        let started = tokio::time::Instant::now();
+        h.run_round().await;
+        // The round ends at the timeout, not later.
+        assert!(
+            started.elapsed() <= Duration::from_millis(2100),
+            "{:?}",
+            started.elapsed()
+        );
+        let snap = h.snapshot();
+        assert_eq!(snap.round, 1);
+        for key in ["hangs:x", "hangs:y"] {
+            let got = status_of(&snap, key);
+            assert_eq!(got.len(), 1, "{key}");
+            assert_eq!(got[0].0, Status::Fail);
+            assert!(got[0].1.as_deref().unwrap_or("").contains("timed out"));
+        }
+        assert_eq!(status_of(&snap, "fixed:x")[0].0, Status::Pass);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_check_is_reported_failed_and_rounds_continue() {
+        let h = health(vec![
+            Arc::new(Panics),
+            Arc::new(Fixed("fixed:x", Status::Warn)),
+        ]);
+        h.run_round().await;
+        h.run_round().await;
+        let snap = h.snapshot();
+        assert_eq!(snap.round, 2);
+        let got = status_of(&snap, "panics:x");
+        assert_eq!(got[0].0, Status::Fail);
+        assert_eq!(got[0].1.as_deref(), Some("check panicked"));
+        assert_eq!(status_of(&snap, "fixed:x")[0].0, Status::Warn);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refresher_keeps_its_heartbeat_and_stops_on_cancel() {
+        let h = health(vec![Arc::new(Fixed("fixed:x", Status::Pass))]);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(h.clone().run_refresher(cancel.clone()));
+        let mut rx = h.subscribe();
+        for round in 1..=3 {
+            rx.wait_for(|s| s.round >= round).await.unwrap();
+            assert!(h.liveness().is_ok());
+        }
+        cancel.cancel();
+        task.await.unwrap();
+        // Silent refresher: liveness fails once the heartbeat is older than stale_after.
+        tokio::time::advance(Duration::from_secs(16)).await;
+        assert!(h.liveness().is_err());
+    }
+
+    #[test]
+    fn startup_waits_for_migrations_and_the_first_round() {
+        let h = health(vec![]);
+        assert!(h.startup_pending().unwrap().contains("migrations"));
+        h.set_migrations_ready();
+        assert!(h.startup_pending().unwrap().contains("first round"));
+        h.inner.snapshot.send_replace(Arc::new(Snapshot {
+            round: 1,
+            results: vec![],
+        }));
+        assert!(h.startup_pending().is_none());
+    }
+}
