@@ -1,0 +1,369 @@
+//! The `/health` routes. Thin: read the latest snapshot and lifecycle flags, render IETF
+//! `application/health+json`, pick the status code. No handler here does I/O, so a probe
+//! answers in microseconds even while a dependency hangs.
+//!
+//! Public endpoints show statuses only; `/health/details` shows observed values and
+//! (redacted) error text, and is protected by a bearer token or, without one, loopback.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, RawQuery, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Map, Value, json};
+use tokio::time::Instant;
+
+use super::AppState;
+use super::problem::Problem;
+use crate::health::{Detail, Health, Snapshot, Status};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/health", get(service))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health/startup", get(startup))
+        .route("/health/details", get(details))
+}
+
+/// A health+json response: 200 for pass/warn, 503 for fail; never cached.
+fn respond(status: Status, body: Map<String, Value>) -> Response {
+    let code = if status == Status::Fail {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (code, Value::Object(body).to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/health+json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The top-level members every health body has.
+fn body(health: &Health, status: Status, description: &str) -> Map<String, Value> {
+    let info = health.info();
+    let mut map = Map::new();
+    map.insert("status".into(), json!(status));
+    map.insert("version".into(), json!(info.version));
+    map.insert("releaseId".into(), json!(info.release_id));
+    map.insert("serviceId".into(), json!(info.service_id));
+    map.insert("description".into(), json!(description));
+    map
+}
+
+/// GET /health: the process is serving; service identity and uptime.
+async fn service(State(state): State<AppState>) -> Response {
+    let mut map = body(&state.health, Status::Pass, "trading backend");
+    map.insert(
+        "uptimeSeconds".into(),
+        json!(crate::health::round2(state.health.uptime().as_secs_f64())),
+    );
+    respond(Status::Pass, map)
+}
+
+/// GET /health/live: the process's own machinery runs (the refresher's heartbeat is fresh).
+async fn live(State(state): State<AppState>) -> Response {
+    match state.health.liveness() {
+        Ok(()) => respond(Status::Pass, body(&state.health, Status::Pass, "liveness")),
+        Err(reason) => {
+            let mut map = body(&state.health, Status::Fail, "liveness");
+            map.insert("output".into(), json!(reason));
+            respond(Status::Fail, map)
+        }
+    }
+}
+
+/// GET /health/startup: migrations applied and the first round of checks done.
+async fn startup(State(state): State<AppState>) -> Response {
+    match state.health.startup_pending() {
+        None => respond(Status::Pass, body(&state.health, Status::Pass, "startup")),
+        Some(reason) => {
+            let mut map = body(&state.health, Status::Fail, "startup");
+            map.insert("output".into(), json!(reason));
+            respond(Status::Fail, map)
+        }
+    }
+}
+
+/// `?verbose` and `?exclude=<name>` (repeatable) of /health/ready.
+struct ReadyQuery {
+    verbose: bool,
+    exclude: Vec<String>,
+}
+
+fn parse_ready_query(raw: Option<&str>) -> ReadyQuery {
+    let mut query = ReadyQuery {
+        verbose: false,
+        exclude: Vec::new(),
+    };
+    for (key, value) in url::form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "verbose" => query.verbose = !matches!(value.as_ref(), "false" | "0"),
+            "exclude" => query.exclude.extend(
+                value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned),
+            ),
+            _ => {}
+        }
+    }
+    query
+}
+
+/// GET /health/ready: 200 when every critical check passes or warns, start-up is done and
+/// the instance is not draining; 503 otherwise, saying why without error text.
+async fn ready(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
+    let health = &state.health;
+    let query = parse_ready_query(raw.as_deref());
+    let valid = Snapshot::exclusion_names(health.checks());
+    let unknown: Vec<&String> = query
+        .exclude
+        .iter()
+        .filter(|e| !valid.contains(&e.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown check name(s) in exclude: {unknown:?}"),
+        )
+        .with("validNames", json!(valid))
+        .into_response();
+    }
+
+    let snapshot = health.snapshot();
+    let evaluation = snapshot.evaluate(
+        Instant::now(),
+        health.settings().stale_after,
+        &query.exclude,
+    );
+    let (status, output) = if health.is_draining() {
+        (Status::Fail, Some("draining: shutting down".to_owned()))
+    } else if let Some(reason) = health.startup_pending() {
+        (Status::Fail, Some(reason.to_owned()))
+    } else if evaluation.status == Status::Fail {
+        let failing = evaluation.failing_names(true).join(", ");
+        (Status::Fail, Some(format!("not ready: failing {failing}")))
+    } else {
+        (evaluation.status, None)
+    };
+
+    let mut map = body(health, status, "readiness");
+    if let Some(output) = &output {
+        map.insert("output".into(), json!(output));
+    }
+    if query.verbose {
+        let mut notes = evaluation.verbose_notes();
+        notes.extend(output.map(|o| format!("[-]{o}")));
+        map.insert("notes".into(), json!(notes));
+    }
+    map.insert(
+        "checks".into(),
+        Value::Object(evaluation.render_checks(Detail::StatusOnly)),
+    );
+    respond(status, map)
+}
+
+/// GET /health/details: every check with observed values; protected.
+async fn details(State(state): State<AppState>, headers: HeaderMap, request: Request) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match details_access(state.config.health_details_token.as_deref(), bearer, peer) {
+        Access::Granted => {}
+        Access::Unauthorized => {
+            let mut response = Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required for /health/details",
+            )
+            .into_response();
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+        Access::Forbidden => {
+            return Problem::new(
+                StatusCode::FORBIDDEN,
+                "/health/details is only served to loopback clients unless HEALTH_DETAILS_TOKEN is set",
+            )
+            .into_response();
+        }
+    }
+
+    let health = &state.health;
+    let snapshot = health.snapshot();
+    let evaluation = snapshot.evaluate(Instant::now(), health.settings().stale_after, &[]);
+    let mut map = body(health, evaluation.status, "health details");
+    let lifecycle = if health.is_draining() {
+        "draining".to_owned()
+    } else {
+        health
+            .startup_pending()
+            .map_or_else(|| "ready to serve".to_owned(), str::to_owned)
+    };
+    map.insert(
+        "notes".into(),
+        json!([
+            format!("lifecycle: {lifecycle}"),
+            format!("round: {}", snapshot.round)
+        ]),
+    );
+    if evaluation.status != Status::Pass {
+        let failing = evaluation.failing_names(false);
+        let output = if failing.is_empty() {
+            "some checks warn".to_owned()
+        } else {
+            format!("failing: {}", failing.join(", "))
+        };
+        map.insert("output".into(), json!(output));
+    }
+    map.insert(
+        "checks".into(),
+        Value::Object(evaluation.render_checks(Detail::Full)),
+    );
+    respond(evaluation.status, map)
+}
+
+/// Who may read /health/details.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    Granted,
+    /// A token is configured and the request lacks it (401).
+    Unauthorized,
+    /// No token is configured and the peer is not loopback (403).
+    Forbidden,
+}
+
+/// With a token configured: the request must carry `Authorization: Bearer <token>`
+/// (compared in constant time). Without one: only loopback peers.
+pub fn details_access(
+    token: Option<&str>,
+    authorization: Option<&str>,
+    peer: Option<IpAddr>,
+) -> Access {
+    match token {
+        Some(expected) => {
+            let presented = authorization
+                .and_then(|h| {
+                    h.strip_prefix("Bearer ")
+                        .or_else(|| h.strip_prefix("bearer "))
+                })
+                .map(str::trim);
+            match presented {
+                Some(p) if constant_time_eq(p.as_bytes(), expected.as_bytes()) => Access::Granted,
+                _ => Access::Unauthorized,
+            }
+        }
+        None => match peer {
+            Some(ip) if is_loopback(ip) => Access::Granted,
+            _ => Access::Forbidden,
+        },
+    }
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of a token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "0123456789abcdef";
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        s.parse().ok()
+    }
+
+    #[test]
+    fn without_a_token_only_loopback_peers_get_details() {
+        assert_eq!(details_access(None, None, ip("127.0.0.1")), Access::Granted);
+        assert_eq!(
+            details_access(None, None, ip("127.8.9.10")),
+            Access::Granted
+        );
+        assert_eq!(details_access(None, None, ip("::1")), Access::Granted);
+        assert_eq!(
+            details_access(None, None, ip("::ffff:127.0.0.1")),
+            Access::Granted
+        );
+        assert_eq!(
+            details_access(None, None, ip("10.0.0.7")),
+            Access::Forbidden
+        );
+        assert_eq!(
+            details_access(None, None, ip("2001:db8::1")),
+            Access::Forbidden
+        );
+        assert_eq!(details_access(None, None, None), Access::Forbidden);
+        // A bearer header does not help when no token is configured.
+        assert_eq!(
+            details_access(None, Some("Bearer x"), ip("10.0.0.7")),
+            Access::Forbidden
+        );
+    }
+
+    #[test]
+    fn with_a_token_every_peer_needs_it() {
+        let ok = format!("Bearer {TOKEN}");
+        assert_eq!(
+            details_access(Some(TOKEN), Some(&ok), ip("10.0.0.7")),
+            Access::Granted
+        );
+        assert_eq!(
+            details_access(Some(TOKEN), None, ip("127.0.0.1")),
+            Access::Unauthorized
+        );
+        assert_eq!(
+            details_access(Some(TOKEN), Some("Bearer wrong"), ip("127.0.0.1")),
+            Access::Unauthorized
+        );
+        assert_eq!(
+            details_access(Some(TOKEN), Some(TOKEN), ip("127.0.0.1")),
+            Access::Unauthorized
+        );
+        let longer = format!("Bearer {TOKEN}0");
+        assert_eq!(
+            details_access(Some(TOKEN), Some(&longer), ip("127.0.0.1")),
+            Access::Unauthorized
+        );
+    }
+
+    #[test]
+    fn ready_query_parsing() {
+        let q = parse_ready_query(Some("verbose&exclude=redis&exclude=cpu,disk"));
+        assert!(q.verbose);
+        assert_eq!(q.exclude, ["redis", "cpu", "disk"]);
+        let q = parse_ready_query(Some("verbose=false"));
+        assert!(!q.verbose);
+        assert!(parse_ready_query(None).exclude.is_empty());
+    }
+}

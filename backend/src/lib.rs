@@ -1,0 +1,292 @@
+//! The trading backend's health checks and monitoring.
+//!
+//! [`Application::build`] assembles the whole service from a validated [`config::Config`];
+//! `main.rs` and the integration tests both use it.
+
+pub mod api;
+pub mod config;
+pub mod core;
+pub mod db;
+pub mod health;
+pub mod redis_client;
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::AppState;
+use crate::config::Config;
+use crate::core::tasks::Tasks;
+use crate::db::Database;
+use crate::db::migrations::Migrations;
+use crate::health::{Check, Health, HealthSettings, ServiceInfo};
+use crate::redis_client::Redis;
+use crate::redis_client::subscriber::Subscriber;
+
+/// How long background tasks and pools get to stop after the HTTP server has.
+const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The built service: listener bound, clients created (not yet connected), nothing running.
+pub struct Application {
+    config: Arc<Config>,
+    listener: TcpListener,
+    router: Router,
+    health: Health,
+    db: Database,
+    subscriber: Subscriber,
+    migrations: Migrations,
+    shutdown: CancellationToken,
+}
+
+/// Asks a running [`Application`] to shut down gracefully (what SIGTERM does).
+#[derive(Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    pub fn trigger(&self) {
+        self.0.cancel();
+    }
+}
+
+impl Application {
+    /// Builds the service with the migrations embedded in the binary.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with(config, Migrations::embedded(), Router::new()).await
+    }
+
+    /// Builds the service with a given set of migrations and extra routes merged into the
+    /// router (for embedding, and for tests that need a pending/failing migration or a
+    /// slow route).
+    pub async fn build_with(
+        config: Config,
+        migrations: Migrations,
+        extra_routes: Router,
+    ) -> anyhow::Result<Self> {
+        let config = Arc::new(config);
+        let listener = TcpListener::bind(config.bind_addr).await.with_context(|| {
+            format!(
+                "binding the HTTP listener to {} (BIND_ADDR)",
+                config.bind_addr
+            )
+        })?;
+
+        let db = Database::connect_lazy(
+            &config.database_url,
+            config.database_max_connections,
+            config.database_acquire_timeout,
+        )?;
+        let redis = Redis::connect_lazy(&config.redis_url, config.redis_timeout)?;
+        let info = ServiceInfo::current();
+        let subscriber =
+            Subscriber::connect_lazy(&config.redis_url, config.redis_timeout, &info.service_id)?;
+
+        let checks = build_checks(&config, &db, &redis, &subscriber, &migrations);
+        let health = Health::new(
+            checks,
+            HealthSettings {
+                interval: config.health_check_interval,
+                timeout: config.health_check_timeout,
+                stale_after: config.stale_after(),
+            },
+            info,
+        );
+        let state = AppState {
+            config: Arc::clone(&config),
+            health: health.clone(),
+        };
+        let router = api::router(state).merge(extra_routes);
+        Ok(Self {
+            config,
+            listener,
+            router,
+            health,
+            db,
+            subscriber,
+            migrations,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The address the listener is bound to (the real port when BIND_ADDR used port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.bind_addr)
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Serves until shut down: starts the background tasks, answers from the first moment,
+    /// and on shutdown drains (readiness 503), stops accepting, lets in-flight requests
+    /// finish within SHUTDOWN_TIMEOUT, then stops the tasks and closes the pools.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let Self {
+            config,
+            listener,
+            router,
+            health,
+            db,
+            subscriber,
+            migrations,
+            shutdown,
+        } = self;
+        let mut tasks = Tasks::new();
+        if config.run_migrations {
+            let (db, health) = (db.clone(), health.clone());
+            let timeout = config.database_acquire_timeout;
+            tasks.spawn("migrations", move |cancel| async move {
+                if migrations.run_until_applied(&db, timeout, &cancel).await {
+                    health.set_migrations_ready();
+                }
+            });
+        } else {
+            tracing::info!(
+                "RUN_MIGRATIONS=false: not applying migrations; postgres:migrations reports what is pending"
+            );
+            health.set_migrations_ready();
+        }
+        tasks.spawn("health-refresher", |cancel| {
+            health.clone().run_refresher(cancel)
+        });
+        let every = config.health_check_interval;
+        tasks.spawn("redis-subscriber", move |cancel| {
+            subscriber.run(cancel, every)
+        });
+
+        let addr = listener
+            .local_addr()
+            .context("reading the listener address")?;
+        tracing::info!(
+            %addr,
+            version = health.info().version,
+            service_id = %health.info().service_id,
+            database = db.display_url(),
+            "listening"
+        );
+        let stop_accepting = CancellationToken::new();
+        let server = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
+        .into_future();
+        let mut server = tokio::spawn(server);
+
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            ended = &mut server => {
+                tasks.shutdown(TASK_STOP_TIMEOUT).await;
+                db.close(TASK_STOP_TIMEOUT).await;
+                return match ended {
+                    Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
+                    Ok(Err(e)) => Err(e).context("the HTTP server failed"),
+                    Err(e) => Err(e).context("the HTTP server task failed"),
+                };
+            }
+        }
+
+        health.set_draining();
+        tracing::info!(
+            drain_delay_ms = config.shutdown_drain_delay.as_millis() as u64,
+            "shutdown requested: readiness now reports draining"
+        );
+        tokio::time::sleep(config.shutdown_drain_delay).await;
+        tracing::info!(
+            timeout_ms = config.shutdown_timeout.as_millis() as u64,
+            "no longer accepting connections; waiting for in-flight requests"
+        );
+        stop_accepting.cancel();
+        match tokio::time::timeout(config.shutdown_timeout, &mut server).await {
+            Ok(_) => tracing::info!("in-flight requests finished"),
+            Err(_) => {
+                tracing::warn!(
+                    "in-flight requests did not finish within SHUTDOWN_TIMEOUT; closing them"
+                );
+                server.abort();
+            }
+        }
+        tasks.shutdown(TASK_STOP_TIMEOUT).await;
+        db.close(TASK_STOP_TIMEOUT).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// The one place that knows every check, its thresholds and its criticality.
+fn build_checks(
+    config: &Config,
+    db: &Database,
+    redis: &Redis,
+    subscriber: &Subscriber,
+    migrations: &Migrations,
+) -> Vec<Arc<dyn Check>> {
+    use crate::health::{postgres, redis as redis_checks, system};
+    let c = &config.checks;
+    vec![
+        Arc::new(postgres::ConnectionCheck {
+            db: db.clone(),
+            latency_warn: c.postgres_latency_warn,
+            critical: c.postgres_critical,
+        }),
+        Arc::new(postgres::PoolCheck {
+            db: db.clone(),
+            critical: c.postgres_pool_critical,
+            seen_timeouts: AtomicU64::new(0),
+        }),
+        Arc::new(postgres::MigrationsCheck {
+            db: db.clone(),
+            migrations: migrations.clone(),
+            critical: c.migrations_critical,
+        }),
+        Arc::new(redis_checks::ConnectionCheck {
+            redis: redis.clone(),
+            latency_warn: c.redis_latency_warn,
+            critical: c.redis_critical,
+        }),
+        Arc::new(redis_checks::MemoryCheck {
+            redis: redis.clone(),
+            warn_percent: c.redis_memory_warn,
+            fail_percent: c.redis_memory_fail,
+            critical: c.redis_memory_critical,
+        }),
+        Arc::new(redis_checks::ClientsCheck {
+            redis: redis.clone(),
+            warn_percent: c.redis_clients_warn,
+            critical: false,
+        }),
+        Arc::new(redis_checks::PubSubCheck {
+            redis: redis.clone(),
+            subscriber: subscriber.clone(),
+            roundtrip_warn: c.pubsub_roundtrip_warn,
+            wait: config.health_check_timeout.mul_f64(0.8),
+            critical: c.pubsub_critical,
+        }),
+        Arc::new(system::CpuCheck::new(c.cpu_warn, c.system_critical)),
+        Arc::new(system::MemoryCheck {
+            warn_percent: c.memory_warn,
+            fail_percent: c.memory_fail,
+            critical: c.system_critical,
+        }),
+        Arc::new(system::DiskCheck {
+            path: config.data_dir.clone(),
+            warn_percent: c.disk_warn,
+            fail_percent: c.disk_fail,
+            critical: c.system_critical,
+        }),
+        Arc::new(system::ProcessCheck {
+            fds_warn_percent: c.process_fds_warn,
+            critical: c.system_critical,
+        }),
+    ]
+}
