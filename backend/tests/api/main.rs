@@ -1,0 +1,18 @@
+//! Integration tests: the real application against the real PostgreSQL and Redis.
+//! One test binary (one link step) with a module per concern.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests assert by unwrapping; a failure is the test failing"
+)]
+
+mod helpers;
+mod proxy;
+
+mod config_and_cli;
+mod details;
+mod faults;
+mod health_endpoints;
+mod lifecycle;
+mod migrations;
