@@ -123,6 +123,9 @@ pub struct CheckSettings {
     /// redis:connections warns above this % of maxclients.
     #[arg(long = "check-redis-clients-warn", value_name = "CHECK_REDIS_CLIENTS_WARN", env = "CHECK_REDIS_CLIENTS_WARN", default_value = "80", value_parser = parse_percent)]
     pub redis_clients_warn: f64,
+    /// redis:connections fails readiness when failing.
+    #[arg(long = "check-redis-clients-critical", value_name = "CHECK_REDIS_CLIENTS_CRITICAL", env = "CHECK_REDIS_CLIENTS_CRITICAL", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub redis_clients_critical: bool,
     /// redis:pubsub fails readiness when failing.
     #[arg(long = "check-pubsub-critical", value_name = "CHECK_PUBSUB_CRITICAL", env = "CHECK_PUBSUB_CRITICAL", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub pubsub_critical: bool,
@@ -147,9 +150,18 @@ pub struct CheckSettings {
     /// process:info warns above this % of the open-file limit.
     #[arg(long = "check-process-fds-warn", value_name = "CHECK_PROCESS_FDS_WARN", env = "CHECK_PROCESS_FDS_WARN", default_value = "80", value_parser = parse_percent)]
     pub process_fds_warn: f64,
-    /// cpu, memory, disk and process checks fail readiness when failing.
-    #[arg(long = "check-system-critical", value_name = "CHECK_SYSTEM_CRITICAL", env = "CHECK_SYSTEM_CRITICAL", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub system_critical: bool,
+    /// cpu:utilization fails readiness when failing.
+    #[arg(long = "check-cpu-critical", value_name = "CHECK_CPU_CRITICAL", env = "CHECK_CPU_CRITICAL", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub cpu_critical: bool,
+    /// memory:utilization fails readiness when failing.
+    #[arg(long = "check-memory-critical", value_name = "CHECK_MEMORY_CRITICAL", env = "CHECK_MEMORY_CRITICAL", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub memory_critical: bool,
+    /// disk:utilization fails readiness when failing (e.g. when a full disk stops the service).
+    #[arg(long = "check-disk-critical", value_name = "CHECK_DISK_CRITICAL", env = "CHECK_DISK_CRITICAL", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub disk_critical: bool,
+    /// process:info fails readiness when failing.
+    #[arg(long = "check-process-critical", value_name = "CHECK_PROCESS_CRITICAL", env = "CHECK_PROCESS_CRITICAL", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub process_critical: bool,
 }
 
 /// How log lines are written.

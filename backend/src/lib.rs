@@ -263,7 +263,7 @@ fn build_checks(
         Arc::new(redis_checks::ClientsCheck {
             redis: redis.clone(),
             warn_percent: c.redis_clients_warn,
-            critical: false,
+            critical: c.redis_clients_critical,
         }),
         Arc::new(redis_checks::PubSubCheck {
             redis: redis.clone(),
@@ -272,21 +272,21 @@ fn build_checks(
             wait: config.health_check_timeout.mul_f64(0.8),
             critical: c.pubsub_critical,
         }),
-        Arc::new(system::CpuCheck::new(c.cpu_warn, c.system_critical)),
+        Arc::new(system::CpuCheck::new(c.cpu_warn, c.cpu_critical)),
         Arc::new(system::MemoryCheck {
             warn_percent: c.memory_warn,
             fail_percent: c.memory_fail,
-            critical: c.system_critical,
+            critical: c.memory_critical,
         }),
         Arc::new(system::DiskCheck {
             path: config.data_dir.clone(),
             warn_percent: c.disk_warn,
             fail_percent: c.disk_fail,
-            critical: c.system_critical,
+            critical: c.disk_critical,
         }),
         Arc::new(system::ProcessCheck {
             fds_warn_percent: c.process_fds_warn,
-            critical: c.system_critical,
+            critical: c.process_critical,
         }),
     ]
 }
