@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Check, CheckResult, Observation, Snapshot, Status};
@@ -65,6 +65,12 @@ struct Inner {
     /// Milliseconds since `started` at the refresher's last sign of life.
     heartbeat_ms: AtomicU64,
     migrations_ready: AtomicBool,
+    /// Rounds completed when migrations became ready: start-up waits for a later one.
+    ready_after_round: AtomicU64,
+    /// Wakes the refresher for an immediate round.
+    refresh_now: Notify,
+    /// A round is being measured right now.
+    in_round: AtomicBool,
     draining: AtomicBool,
 }
 
@@ -81,6 +87,9 @@ impl Health {
                 started_wall: SystemTime::now(),
                 heartbeat_ms: AtomicU64::new(0),
                 migrations_ready: AtomicBool::new(false),
+                ready_after_round: AtomicU64::new(0),
+                refresh_now: Notify::new(),
+                in_round: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
             }),
         }
@@ -117,15 +126,24 @@ impl Health {
     }
 
     /// Called once migrations are applied (or when the service does not run them).
+    /// Start-up then completes after the next round, which starts at once: results
+    /// measured before the schema existed must not count.
     pub fn set_migrations_ready(&self) {
+        // A round in flight may have measured before the schema existed: skip it too.
+        let round = self.inner.snapshot.borrow().round
+            + u64::from(self.inner.in_round.load(Ordering::Acquire));
+        self.inner.ready_after_round.store(round, Ordering::Release);
         self.inner.migrations_ready.store(true, Ordering::Release);
+        self.inner.refresh_now.notify_one();
     }
 
     /// Why start-up is not complete yet, or `None` once it is.
     pub fn startup_pending(&self) -> Option<&'static str> {
         if !self.inner.migrations_ready.load(Ordering::Acquire) {
             Some("starting: database migrations not applied yet")
-        } else if self.inner.snapshot.borrow().round == 0 {
+        } else if self.inner.snapshot.borrow().round
+            <= self.inner.ready_after_round.load(Ordering::Acquire)
+        {
             Some("starting: first round of health checks not done yet")
         } else {
             None
@@ -182,6 +200,7 @@ impl Health {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+                () = self.inner.refresh_now.notified() => {}
             }
         }
         tracing::info!(task = "health-refresher", "health refresher stopped");
@@ -189,6 +208,7 @@ impl Health {
 
     /// Runs every check once, concurrently, and publishes the new snapshot.
     pub async fn run_round(&self) {
+        self.inner.in_round.store(true, Ordering::Release);
         let timeout = self.inner.settings.timeout;
         let handles: Vec<_> = self
             .inner
@@ -255,6 +275,7 @@ impl Health {
             results,
         };
         self.inner.snapshot.send_replace(Arc::new(next));
+        self.inner.in_round.store(false, Ordering::Release);
     }
 }
 
@@ -452,12 +473,17 @@ mod tests {
     fn startup_waits_for_migrations_and_the_first_round() {
         let h = health(vec![]);
         assert!(h.startup_pending().unwrap().contains("migrations"));
+        // A round measured before migrations were applied does not count.
+        let round = |n| {
+            Arc::new(Snapshot {
+                round: n,
+                results: vec![],
+            })
+        };
+        h.inner.snapshot.send_replace(round(1));
         h.set_migrations_ready();
         assert!(h.startup_pending().unwrap().contains("first round"));
-        h.inner.snapshot.send_replace(Arc::new(Snapshot {
-            round: 1,
-            results: vec![],
-        }));
+        h.inner.snapshot.send_replace(round(2));
         assert!(h.startup_pending().is_none());
     }
 }
