@@ -142,3 +142,45 @@ async fn unknown_routes_are_problem_json_404s() {
         "application/problem+json"
     );
 }
+
+/// A disk check forced to fail (thresholds at 0 %): non-critical by default, it only makes
+/// the overall status `warn`; marked critical, it fails readiness.
+#[tokio::test]
+async fn criticality_decides_whether_a_failing_check_fails_readiness() {
+    use crate::helpers::{Options, spawn_app_with};
+    let failing_disk = |critical: bool| Options {
+        configure: Some(Box::new(move |c| {
+            c.checks.disk_warn = 0.0;
+            c.checks.disk_fail = 0.0;
+            c.checks.disk_critical = critical;
+        })),
+        ..Options::default()
+    };
+    let app = spawn_app_with(failing_disk(false)).await;
+    let body = app.wait_ready_status(200, Duration::from_secs(10)).await;
+    assert_eq!(body["status"], "warn", "{body:#}");
+    assert_eq!(body["checks"]["disk:utilization"][0]["status"], "fail");
+    let (status, details) = app.get_json("/health/details").await;
+    assert_eq!(status, 200);
+    assert_eq!(details["status"], "warn");
+    assert!(
+        details["checks"]["disk:utilization"][0]["output"]
+            .as_str()
+            .unwrap()
+            .contains("fail above 0%")
+    );
+
+    let app = spawn_app_with(failing_disk(true)).await;
+    let (status, body) = app
+        .wait_for("/health/ready", Duration::from_secs(10), |_, b| {
+            b["output"]
+                .as_str()
+                .is_some_and(|o| o.contains("disk:utilization"))
+        })
+        .await;
+    assert_eq!(status, 503, "{body:#}");
+    assert_eq!(body["output"], "not ready: failing disk:utilization");
+    assert_eq!(app.get_json("/health/details").await.0, 503);
+    // Excluding it restores readiness.
+    assert_eq!(app.get_json("/health/ready?exclude=disk").await.0, 200);
+}
