@@ -85,6 +85,18 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", default_value = "auto")]
     pub log_format: LogFormat,
 
+    /// Record and serve Prometheus metrics (`false`: no instrumentation, no /metrics).
+    #[arg(long, env = "METRICS_ENABLED", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub metrics_enabled: bool,
+
+    /// Serve /metrics on this separate address instead of BIND_ADDR.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Bearer token required by /metrics (unset: open).
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     #[command(flatten)]
     pub checks: CheckSettings,
 }
@@ -250,6 +262,23 @@ impl Config {
             return Err(invalid(
                 "HEALTH_DETAILS_TOKEN",
                 "must be at least 16 characters (unset it to allow loopback clients only)",
+            ));
+        }
+        if let Some(token) = &self.metrics_token
+            && token.trim().len() < 16
+        {
+            return Err(invalid(
+                "METRICS_TOKEN",
+                "must be at least 16 characters (unset it to leave /metrics open)",
+            ));
+        }
+        if let Some(addr) = self.metrics_addr
+            && addr == self.bind_addr
+            && addr.port() != 0
+        {
+            return Err(invalid(
+                "METRICS_ADDR",
+                format!("{addr} is BIND_ADDR already; unset METRICS_ADDR to serve /metrics there"),
             ));
         }
         let c = &self.checks;

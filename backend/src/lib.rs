@@ -18,11 +18,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
 use crate::config::Config;
+use crate::core::metrics::Metrics;
 use crate::core::tasks::Tasks;
 use crate::db::Database;
 use crate::db::migrations::Migrations;
@@ -38,6 +40,9 @@ pub struct Application {
     config: Arc<Config>,
     listener: TcpListener,
     router: Router,
+    /// The separate `/metrics` listener (`METRICS_ADDR`), if any.
+    metrics_listener: Option<(TcpListener, Router)>,
+    metrics: Metrics,
     health: Health,
     db: Database,
     subscriber: Subscriber,
@@ -77,15 +82,32 @@ impl Application {
             )
         })?;
 
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) if config.metrics_enabled => {
+                Some(TcpListener::bind(addr).await.with_context(|| {
+                    format!("binding the metrics listener to {addr} (METRICS_ADDR)")
+                })?)
+            }
+            _ => None,
+        };
+
+        // The one registry; modules with custom metrics register them in this closure.
+        let metrics = Metrics::new(|_custom| {});
+        let errors = metrics.errors.clone();
         let db = Database::connect_lazy(
             &config.database_url,
             config.database_max_connections,
             config.database_acquire_timeout,
+            errors.clone(),
         )?;
-        let redis = Redis::connect_lazy(&config.redis_url, config.redis_timeout)?;
+        let redis = Redis::connect_lazy(&config.redis_url, config.redis_timeout, errors.clone())?;
         let info = ServiceInfo::current();
-        let subscriber =
-            Subscriber::connect_lazy(&config.redis_url, config.redis_timeout, &info.service_id)?;
+        let subscriber = Subscriber::connect_lazy(
+            &config.redis_url,
+            config.redis_timeout,
+            &info.service_id,
+            errors,
+        )?;
 
         let checks = build_checks(&config, &db, &redis, &subscriber, &migrations);
         let health = Health::new(
@@ -96,16 +118,22 @@ impl Application {
                 stale_after: config.stale_after(),
             },
             info,
+            metrics.health.clone(),
         );
         let state = AppState {
             config: Arc::clone(&config),
             health: health.clone(),
+            metrics: metrics.clone(),
+            db: db.clone(),
         };
-        let router = api::router(state).merge(extra_routes);
+        let metrics_listener = metrics_listener.map(|l| (l, api::metrics_router(state.clone())));
+        let router = api::router(state, extra_routes);
         Ok(Self {
             config,
             listener,
             router,
+            metrics_listener,
+            metrics,
             health,
             db,
             subscriber,
@@ -123,6 +151,18 @@ impl Application {
         self.health.clone()
     }
 
+    /// This instance's metrics (its own registry).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// The address of the separate metrics listener, when `METRICS_ADDR` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+    }
+
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shutdown.clone())
     }
@@ -135,6 +175,8 @@ impl Application {
             config,
             listener,
             router,
+            metrics_listener,
+            metrics,
             health,
             db,
             subscriber,
@@ -175,6 +217,26 @@ impl Application {
             "listening"
         );
         let stop_accepting = CancellationToken::new();
+        if let Some((metrics_listener, metrics_router)) = metrics_listener {
+            let stop = stop_accepting.clone();
+            tracing::info!(addr = ?metrics_listener.local_addr().ok(), "serving /metrics on its own listener");
+            tasks.spawn("metrics-listener", move |cancel| async move {
+                let served = axum::serve(metrics_listener, metrics_router)
+                    .with_graceful_shutdown(async move {
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            () = cancel.cancelled() => {}
+                        }
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(task = "metrics-listener", error = %e, "metrics listener failed");
+                }
+            });
+        }
+        // Open connections are counted at the listener; `tap_io` keeps the peer address
+        // available as `ConnectInfo<SocketAddr>`.
+        let listener = metrics.http.counting(listener).tap_io(|_| {});
         let server = axum::serve(
             listener,
             router.into_make_service_with_connect_info::<SocketAddr>(),

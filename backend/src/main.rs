@@ -178,8 +178,13 @@ async fn wait_for_signal() {
 }
 
 async fn migrate(config: Config) -> ExitCode {
-    let db = match Database::connect_lazy(&config.database_url, 1, config.database_acquire_timeout)
-    {
+    let errors = backend::core::metrics::Errors::default();
+    let db = match Database::connect_lazy(
+        &config.database_url,
+        1,
+        config.database_acquire_timeout,
+        errors,
+    ) {
         Ok(db) => db,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "cannot migrate");

@@ -254,18 +254,8 @@ pub fn details_access(
     peer: Option<IpAddr>,
 ) -> Access {
     match token {
-        Some(expected) => {
-            let presented = authorization
-                .and_then(|h| {
-                    h.strip_prefix("Bearer ")
-                        .or_else(|| h.strip_prefix("bearer "))
-                })
-                .map(str::trim);
-            match presented {
-                Some(p) if constant_time_eq(p.as_bytes(), expected.as_bytes()) => Access::Granted,
-                _ => Access::Unauthorized,
-            }
-        }
+        Some(expected) if super::auth::bearer_matches(expected, authorization) => Access::Granted,
+        Some(_) => Access::Unauthorized,
         None => match peer {
             Some(ip) if is_loopback(ip) => Access::Granted,
             _ => Access::Forbidden,
@@ -280,17 +270,6 @@ fn is_loopback(ip: IpAddr) -> bool {
             v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
         }
     }
-}
-
-/// Compares without an early exit, so timing does not reveal how much of a token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The HTTP surface: one [`AppState`] shared by every route, and [`router`], the one place
 //! where the feature routers and the layers are assembled.
 
+pub mod auth;
 pub mod health;
+pub mod metrics;
 pub mod problem;
 
 use std::sync::Arc;
@@ -10,6 +12,9 @@ use axum::Router;
 use axum::http::{Method, StatusCode, Uri};
 
 use crate::config::Config;
+use crate::core::metrics::Metrics;
+use crate::core::metrics::http::{Instrumentation, track};
+use crate::db::Database;
 use crate::health::Health;
 use problem::Problem;
 
@@ -18,14 +23,33 @@ use problem::Problem;
 pub struct AppState {
     pub config: Arc<Config>,
     pub health: Health,
+    pub metrics: Metrics,
+    pub db: Database,
 }
 
-/// The whole application's routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(health::router())
-        .fallback(not_found)
-        .with_state(state)
+/// The whole application's routes (plus `extra`), with the metrics middleware when
+/// metrics are enabled. `/metrics` is here unless it has a listener of its own.
+pub fn router(state: AppState, extra: Router) -> Router {
+    let config = Arc::clone(&state.config);
+    let mut routes = Router::new().merge(health::router());
+    if config.metrics_enabled && config.metrics_addr.is_none() {
+        routes = routes.merge(metrics::router());
+    }
+    let instrumentation = Instrumentation {
+        http: state.metrics.http.clone(),
+        errors: state.metrics.errors.clone(),
+    };
+    let app = routes.fallback(not_found).with_state(state).merge(extra);
+    if config.metrics_enabled {
+        app.layer(axum::middleware::from_fn_with_state(instrumentation, track))
+    } else {
+        app
+    }
+}
+
+/// The router of the separate metrics listener (`METRICS_ADDR`).
+pub fn metrics_router(state: AppState) -> Router {
+    metrics::router().fallback(not_found).with_state(state)
 }
 
 async fn not_found(method: Method, uri: Uri) -> Problem {

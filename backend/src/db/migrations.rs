@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Database;
 use crate::core::backoff::Backoff;
+use crate::core::metrics::{Component, ErrorKind};
 use crate::core::redact::redact_text;
 
 static EMBEDDED: Migrator = sqlx::migrate!();
@@ -78,7 +79,10 @@ impl Migrations {
         .await;
         match &result {
             Ok(()) => self.set_last_error(None),
-            Err(e) => self.set_last_error(Some(redact_text(&format!("{e:#}")))),
+            Err(e) => {
+                db.errors().inc(Component::Database, ErrorKind::Migration);
+                self.set_last_error(Some(redact_text(&format!("{e:#}"))));
+            }
         }
         result
     }

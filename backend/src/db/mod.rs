@@ -16,6 +16,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres};
 
+use crate::core::metrics::{Component, ErrorKind, Errors};
 use crate::core::redact::redact_url;
 
 /// Handle on PostgreSQL: cheap to clone.
@@ -27,6 +28,16 @@ pub struct Database {
     display_url: Arc<str>,
     /// Acquire attempts that gave up waiting for a connection (sqlx does not count them).
     acquire_timeouts: Arc<AtomicU64>,
+    errors: Errors,
+}
+
+/// The pool's size and usage, read without I/O.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub in_use: u32,
+    pub max: u32,
 }
 
 impl Database {
@@ -35,6 +46,7 @@ impl Database {
         url: &str,
         max_connections: u32,
         acquire_timeout: Duration,
+        errors: Errors,
     ) -> anyhow::Result<Self> {
         let display_url: Arc<str> = redact_url(url).into();
         let options = PgConnectOptions::from_str(url)
@@ -55,11 +67,29 @@ impl Database {
             options,
             display_url,
             acquire_timeouts: Arc::new(AtomicU64::new(0)),
+            errors,
         })
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    pub fn errors(&self) -> &Errors {
+        &self.errors
+    }
+
+    pub fn pool_stats(&self) -> PoolStats {
+        let size = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle())
+            .unwrap_or(u32::MAX)
+            .min(size);
+        PoolStats {
+            size,
+            idle,
+            in_use: size - idle,
+            max: self.pool.options().get_max_connections(),
+        }
     }
 
     pub fn display_url(&self) -> &str {
@@ -69,8 +99,13 @@ impl Database {
     /// A pooled connection; counts the acquires that timed out.
     pub async fn acquire(&self) -> Result<PoolConnection<Postgres>, sqlx::Error> {
         let result = self.pool.acquire().await;
-        if let Err(sqlx::Error::PoolTimedOut) = &result {
-            self.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
+        match &result {
+            Ok(_) => {}
+            Err(sqlx::Error::PoolTimedOut) => {
+                self.acquire_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.errors.inc(Component::Database, ErrorKind::Timeout);
+            }
+            Err(_) => self.errors.inc(Component::Database, ErrorKind::Connection),
         }
         result
     }

@@ -107,11 +107,12 @@ impl Check for PoolCheck {
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
-            let pool = self.db.pool();
-            let size = pool.size();
-            let idle = u32::try_from(pool.num_idle()).unwrap_or(u32::MAX).min(size);
-            let in_use = size - idle;
-            let max = pool.options().get_max_connections();
+            let crate::db::PoolStats {
+                size,
+                idle,
+                in_use,
+                max,
+            } = self.db.pool_stats();
             let timeouts = self.db.acquire_timeouts();
             let new_timeouts =
                 timeouts.saturating_sub(self.seen_timeouts.swap(timeouts, Ordering::Relaxed));

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Check, CheckResult, Observation, Snapshot, Status};
+use crate::core::metrics::HealthMetrics;
 
 /// Identity of this instance, shown in every health body.
 #[derive(Clone, Debug)]
@@ -59,6 +60,7 @@ struct Inner {
     checks: Vec<Arc<dyn Check>>,
     settings: HealthSettings,
     info: ServiceInfo,
+    metrics: HealthMetrics,
     snapshot: watch::Sender<Arc<Snapshot>>,
     started: Instant,
     started_wall: SystemTime,
@@ -75,13 +77,19 @@ struct Inner {
 }
 
 impl Health {
-    pub fn new(checks: Vec<Arc<dyn Check>>, settings: HealthSettings, info: ServiceInfo) -> Self {
+    pub fn new(
+        checks: Vec<Arc<dyn Check>>,
+        settings: HealthSettings,
+        info: ServiceInfo,
+        metrics: HealthMetrics,
+    ) -> Self {
         let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
         Self {
             inner: Arc::new(Inner {
                 checks,
                 settings,
                 info,
+                metrics,
                 snapshot,
                 started: Instant::now(),
                 started_wall: SystemTime::now(),
@@ -270,12 +278,33 @@ impl Health {
 
         let previous = self.snapshot();
         log_changes(&previous, &results);
+        self.record_metrics(&results);
         let next = Snapshot {
             round: previous.round + 1,
             results,
         };
         self.inner.snapshot.send_replace(Arc::new(next));
         self.inner.in_round.store(false, Ordering::Release);
+    }
+}
+
+impl Health {
+    /// Exports each check's duration and each key's status (the worst of its entries).
+    fn record_metrics(&self, results: &[CheckResult]) {
+        let metrics = &self.inner.metrics;
+        for result in results {
+            metrics.observe_duration(result.name, result.duration.as_secs_f64());
+            let mut worst: Vec<(&'static str, Status)> = Vec::new();
+            for obs in &result.observations {
+                match worst.iter_mut().find(|(key, _)| *key == obs.key) {
+                    Some((_, status)) => *status = (*status).max(obs.status),
+                    None => worst.push((obs.key, obs.status)),
+                }
+            }
+            for (key, status) in worst {
+                metrics.set_status(key, status);
+            }
+        }
     }
 }
 
@@ -398,6 +427,7 @@ mod tests {
                 stale_after: Duration::from_secs(15),
             },
             ServiceInfo::current(),
+            crate::core::metrics::Metrics::new(|_| {}).health,
         )
     }
 

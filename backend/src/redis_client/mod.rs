@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Cmd, FromRedisValue, IntoConnectionInfo};
 
+use crate::core::metrics::{Component, ErrorKind, Errors};
 use crate::core::redact::{redact_text, redact_url};
 
 /// Handle on Redis: cheap to clone.
@@ -21,6 +22,7 @@ pub struct Redis {
     manager: ConnectionManager,
     timeout: Duration,
     display_url: Arc<str>,
+    errors: Errors,
 }
 
 /// Reconnect policy shared by both connections: a few quick retries, then the next command
@@ -55,7 +57,7 @@ pub(crate) fn client(url: &str, resp3: bool) -> anyhow::Result<Client> {
 impl Redis {
     /// Builds the connection manager without connecting: the service starts while Redis
     /// is down, and the first command connects.
-    pub fn connect_lazy(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn connect_lazy(url: &str, timeout: Duration, errors: Errors) -> anyhow::Result<Self> {
         let manager =
             ConnectionManager::new_lazy_with_config(client(url, false)?, manager_config(timeout))
                 .context("creating the Redis connection manager")?;
@@ -63,6 +65,7 @@ impl Redis {
             manager,
             timeout,
             display_url: redact_url(url).into(),
+            errors,
         })
     }
 
@@ -79,11 +82,25 @@ impl Redis {
         let mut conn = self.manager.clone();
         match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(anyhow::anyhow!(redact_text(&e.to_string()))),
-            Err(_) => Err(anyhow::anyhow!(
-                "no reply within {}ms",
-                self.timeout.as_millis()
-            )),
+            Ok(Err(e)) => {
+                let kind = if e.is_timeout() {
+                    ErrorKind::Timeout
+                } else if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+                {
+                    ErrorKind::Connection
+                } else {
+                    ErrorKind::Query
+                };
+                self.errors.inc(Component::Redis, kind);
+                Err(anyhow::anyhow!(redact_text(&e.to_string())))
+            }
+            Err(_) => {
+                self.errors.inc(Component::Redis, ErrorKind::Timeout);
+                Err(anyhow::anyhow!(
+                    "no reply within {}ms",
+                    self.timeout.as_millis()
+                ))
+            }
         }
     }
 }

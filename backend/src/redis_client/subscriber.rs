@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Redis, client, manager_config};
 use crate::core::backoff::Backoff;
+use crate::core::metrics::{Component, ErrorKind, Errors};
 use crate::core::redact::redact_text;
 
 /// What the subscriber knows, updated from push messages without I/O.
@@ -34,6 +35,7 @@ pub struct SubscriberState {
     probe_seen: watch::Sender<u64>,
     /// The probe channel, unique to this instance.
     probe_channel: String,
+    errors: Errors,
 }
 
 impl SubscriberState {
@@ -41,6 +43,7 @@ impl SubscriberState {
         match push.kind {
             PushKind::Disconnection if self.connected.send_replace(false) => {
                 self.disconnects.fetch_add(1, Ordering::Relaxed);
+                self.errors.inc(Component::Redis, ErrorKind::Disconnect);
                 tracing::warn!(task = "redis-subscriber", "pub/sub connection lost");
             }
             PushKind::Subscribe => {
@@ -130,7 +133,12 @@ pub struct Subscriber {
 
 impl Subscriber {
     /// Builds the subscriber without connecting. `instance` makes the probe channel unique.
-    pub fn connect_lazy(url: &str, timeout: Duration, instance: &str) -> anyhow::Result<Self> {
+    pub fn connect_lazy(
+        url: &str,
+        timeout: Duration,
+        instance: &str,
+        errors: Errors,
+    ) -> anyhow::Result<Self> {
         let (probe_seen, _) = watch::channel(0);
         let (connected, _) = watch::channel(false);
         let state = Arc::new(SubscriberState {
@@ -140,6 +148,7 @@ impl Subscriber {
             last_message: Mutex::new(None),
             probe_seen,
             probe_channel: format!("health:pubsub-probe:{instance}"),
+            errors,
         });
         let on_push = Arc::clone(&state);
         let config = manager_config(timeout)
