@@ -97,6 +97,8 @@ pub struct Options {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The separate metrics listener, when METRICS_ADDR is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub client: reqwest::Client,
     pub shutdown: ShutdownHandle,
     pub db_name: String,
@@ -148,10 +150,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
         .await
         .expect("application builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let shutdown = app.shutdown_handle();
     let task = tokio::spawn(app.run_until_stopped());
     TestApp {
         addr,
+        metrics_addr,
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
@@ -183,6 +187,13 @@ impl TestApp {
         let status = response.status().as_u16();
         let body = response.json().await.unwrap_or(Value::Null);
         (status, body)
+    }
+
+    /// Scrapes /metrics (Prometheus text) into `series -> value`, keyed exactly as
+    /// rendered, e.g. `http_requests_total{method="GET",handler="/health",status="2xx"}`.
+    pub async fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        parse_metrics(&text)
     }
 
     pub fn pg_proxy(&self) -> &FaultProxy {
@@ -252,6 +263,17 @@ impl Drop for TestApp {
         }
         drop_database(&self.db_name);
     }
+}
+
+/// `series -> value` of a Prometheus text exposition (comments skipped).
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Drops a test database, from a thread of its own so it also runs while unwinding.

@@ -15,4 +15,5 @@ mod details;
 mod faults;
 mod health_endpoints;
 mod lifecycle;
+mod metrics;
 mod migrations;

@@ -27,7 +27,13 @@ fn with_extra(sql: &str) -> Migrations {
 
 async fn database_with_embedded_migrations() -> (String, Database) {
     let name = unique_name("test");
-    let db = Database::connect_lazy(&database_url(&name), 2, Duration::from_secs(5)).unwrap();
+    let db = Database::connect_lazy(
+        &database_url(&name),
+        2,
+        Duration::from_secs(5),
+        Default::default(),
+    )
+    .unwrap();
     Migrations::embedded()
         .run_once(&db, Duration::from_secs(5))
         .await
@@ -112,8 +118,13 @@ async fn a_failing_migration_is_reported_with_its_error_and_gates_startup() {
 async fn a_version_unknown_to_the_binary_only_warns() {
     let app = spawn_app().await;
     app.wait_ready_status(200, Duration::from_secs(10)).await;
-    let db =
-        Database::connect_lazy(&database_url(&app.db_name), 1, Duration::from_secs(5)).unwrap();
+    let db = Database::connect_lazy(
+        &database_url(&app.db_name),
+        1,
+        Duration::from_secs(5),
+        Default::default(),
+    )
+    .unwrap();
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
          VALUES (39990101000001, 'from a newer release', true, '\\x00', 0)",
