@@ -97,8 +97,60 @@ pub struct Config {
     #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
 
+    /// Brokers as `name=ws://host:port/path,...`; unset: an embedded paper broker named
+    /// `paper`; `none`: no brokers. Credentials go in the URL (`ws://key:secret@host/ws`).
+    #[arg(long, env = "BROKERS", hide_env_values = true)]
+    pub brokers: Option<String>,
+
+    /// Ping cadence of every broker session; a peer silent for 3 intervals is dead.
+    #[arg(long, env = "BROKER_HEARTBEAT_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub broker_heartbeat_interval: Duration,
+
+    /// A live session whose last application message is older than this is `stale`.
+    #[arg(long, env = "BROKER_STALE_AFTER", default_value = "30s", value_parser = parse_duration)]
+    pub broker_stale_after: Duration,
+
+    /// How long a broker may be disconnected before `broker:connection` fails (warn before).
+    #[arg(long, env = "BROKER_DOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub broker_down_grace: Duration,
+
+    /// Comma-separated broker names whose failure fails readiness.
+    #[arg(long, env = "BROKER_CRITICAL", default_value = "")]
+    pub broker_critical: String,
+
+    /// Limit on connecting and on each handshake step (hello, auth, subscribe).
+    #[arg(long, env = "BROKER_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub broker_connect_timeout: Duration,
+
+    /// Symbols every broker session subscribes to.
+    #[arg(long, env = "BROKER_SYMBOLS", default_value = "AAPL,MSFT,SPY")]
+    pub broker_symbols: String,
+
+    /// Window over which a broker's error rate is computed.
+    #[arg(long, env = "BROKER_ERROR_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub broker_error_window: Duration,
+
     #[command(flatten)]
     pub checks: CheckSettings,
+}
+
+/// One configured broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerSpec {
+    /// Name used in labels, logs and `componentId` (`[a-z0-9_-]`, at most 32).
+    pub name: String,
+    /// `ws://` URL; may hold credentials (never logged unredacted).
+    pub url: String,
+    pub critical: bool,
+}
+
+/// Where the brokers come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerSource {
+    /// Start the paper broker in-process and connect to it as `paper`.
+    Embedded { critical: bool },
+    /// Connect to these.
+    Listed(Vec<BrokerSpec>),
 }
 
 /// Thresholds and criticality of every health check (`CHECK_<CHECK>_<WHAT>`).
@@ -281,6 +333,19 @@ impl Config {
                 format!("{addr} is BIND_ADDR already; unset METRICS_ADDR to serve /metrics there"),
             ));
         }
+        for (setting, value) in [
+            ("BROKER_HEARTBEAT_INTERVAL", self.broker_heartbeat_interval),
+            ("BROKER_STALE_AFTER", self.broker_stale_after),
+            ("BROKER_DOWN_GRACE", self.broker_down_grace),
+            ("BROKER_CONNECT_TIMEOUT", self.broker_connect_timeout),
+            ("BROKER_ERROR_WINDOW", self.broker_error_window),
+        ] {
+            if value < Duration::from_millis(10) {
+                return Err(invalid(setting, "must be at least 10ms"));
+            }
+        }
+        self.broker_source()?;
+        self.symbols()?;
         let c = &self.checks;
         for (warn_name, warn, fail_name, fail) in [
             (
@@ -316,6 +381,115 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The configured brokers, validated. Messages never echo URL credentials.
+    pub fn broker_source(&self) -> Result<BrokerSource, ConfigError> {
+        let critical: Vec<&str> = self
+            .broker_critical
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let raw = self.brokers.as_deref().map(str::trim);
+        let source = match raw {
+            None | Some("") => BrokerSource::Embedded {
+                critical: critical.contains(&"paper"),
+            },
+            Some("none") => BrokerSource::Listed(Vec::new()),
+            Some(list) => {
+                let mut specs: Vec<BrokerSpec> = Vec::new();
+                for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let Some((name, url)) = item.split_once('=') else {
+                        return Err(invalid(
+                            "BROKERS",
+                            format!(
+                                "expected name=ws://host:port/path, got {}",
+                                redact_url(item)
+                            ),
+                        ));
+                    };
+                    let (name, url) = (name.trim(), url.trim());
+                    let name_ok = !name.is_empty()
+                        && name.len() <= 32
+                        && name.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-'
+                        });
+                    if !name_ok {
+                        return Err(invalid(
+                            "BROKERS",
+                            format!(
+                                "broker name {name:?} must be 1-32 characters of a-z, 0-9, _ or -"
+                            ),
+                        ));
+                    }
+                    if specs.iter().any(|s| s.name == name) {
+                        return Err(invalid(
+                            "BROKERS",
+                            format!("broker {name:?} is listed twice"),
+                        ));
+                    }
+                    match Url::parse(url) {
+                        Ok(u) if u.scheme() == "ws" && u.host_str().is_some() => {}
+                        Ok(u) if u.scheme() == "wss" => {
+                            return Err(invalid(
+                                "BROKERS",
+                                format!(
+                                    "{name}: wss:// (TLS) is not supported by this build; use ws:// (e.g. behind a TLS-terminating proxy)"
+                                ),
+                            ));
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "BROKERS",
+                                format!(
+                                    "{name}: expected a ws://host:port/path URL, got {}",
+                                    redact_url(url)
+                                ),
+                            ));
+                        }
+                    }
+                    specs.push(BrokerSpec {
+                        name: name.to_owned(),
+                        url: url.to_owned(),
+                        critical: critical.contains(&name),
+                    });
+                }
+                BrokerSource::Listed(specs)
+            }
+        };
+        let known: Vec<&str> = match &source {
+            BrokerSource::Embedded { .. } => vec!["paper"],
+            BrokerSource::Listed(specs) => specs.iter().map(|s| s.name.as_str()).collect(),
+        };
+        if let Some(unknown) = critical.iter().find(|c| !known.contains(c)) {
+            return Err(invalid(
+                "BROKER_CRITICAL",
+                format!("{unknown:?} is not a configured broker (configured: {known:?})"),
+            ));
+        }
+        Ok(source)
+    }
+
+    /// `BROKER_SYMBOLS`, validated.
+    pub fn symbols(&self) -> Result<Vec<String>, ConfigError> {
+        let symbols: Vec<String> = self
+            .broker_symbols
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = symbols
+            .iter()
+            .find(|s| !paper_broker::protocol::valid_symbol(s))
+        {
+            return Err(invalid(
+                "BROKER_SYMBOLS",
+                format!("{bad:?} is not a symbol (1-10 of A-Z, 0-9, .)"),
+            ));
+        }
+        Ok(symbols)
     }
 
     /// Readiness counts a result as stale (fail) once it is older than this.

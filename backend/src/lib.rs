@@ -4,6 +4,7 @@
 //! `main.rs` and the integration tests both use it.
 
 pub mod api;
+pub mod brokers;
 pub mod config;
 pub mod core;
 pub mod db;
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
+use crate::brokers::Brokers;
 use crate::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::tasks::Tasks;
@@ -46,6 +48,7 @@ pub struct Application {
     health: Health,
     db: Database,
     subscriber: Subscriber,
+    brokers: Brokers,
     migrations: Migrations,
     shutdown: CancellationToken,
 }
@@ -109,7 +112,8 @@ impl Application {
             errors,
         )?;
 
-        let checks = build_checks(&config, &db, &redis, &subscriber, &migrations);
+        let brokers = Brokers::from_config(&config, &metrics.brokers).await?;
+        let checks = build_checks(&config, &db, &redis, &subscriber, &migrations, &brokers);
         let health = Health::new(
             checks,
             HealthSettings {
@@ -137,6 +141,7 @@ impl Application {
             health,
             db,
             subscriber,
+            brokers,
             migrations,
             shutdown: CancellationToken::new(),
         })
@@ -180,6 +185,7 @@ impl Application {
             health,
             db,
             subscriber,
+            brokers,
             migrations,
             shutdown,
         } = self;
@@ -205,6 +211,7 @@ impl Application {
         tasks.spawn("redis-subscriber", move |cancel| {
             subscriber.run(cancel, every)
         });
+        brokers.spawn(&mut tasks);
 
         let addr = listener
             .local_addr()
@@ -249,6 +256,7 @@ impl Application {
             () = shutdown.cancelled() => {}
             ended = &mut server => {
                 tasks.shutdown(TASK_STOP_TIMEOUT).await;
+                brokers.stop(TASK_STOP_TIMEOUT).await;
                 db.close(TASK_STOP_TIMEOUT).await;
                 return match ended {
                     Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
@@ -278,7 +286,9 @@ impl Application {
                 server.abort();
             }
         }
+        // Supervisors close their sessions (close frames) before the embedded broker stops.
         tasks.shutdown(TASK_STOP_TIMEOUT).await;
+        brokers.stop(TASK_STOP_TIMEOUT).await;
         db.close(TASK_STOP_TIMEOUT).await;
         tracing::info!("stopped");
         Ok(())
@@ -292,10 +302,11 @@ fn build_checks(
     redis: &Redis,
     subscriber: &Subscriber,
     migrations: &Migrations,
+    brokers: &Brokers,
 ) -> Vec<Arc<dyn Check>> {
-    use crate::health::{postgres, redis as redis_checks, system};
+    use crate::health::{broker, postgres, redis as redis_checks, system};
     let c = &config.checks;
-    vec![
+    let mut checks: Vec<Arc<dyn Check>> = vec![
         Arc::new(postgres::ConnectionCheck {
             db: db.clone(),
             latency_warn: c.postgres_latency_warn,
@@ -350,5 +361,17 @@ fn build_checks(
             fds_warn_percent: c.process_fds_warn,
             critical: c.process_critical,
         }),
-    ]
+    ];
+    if !brokers.list().is_empty() {
+        checks.push(Arc::new(broker::BrokerCheck {
+            brokers: brokers
+                .list()
+                .iter()
+                .map(|b| (Arc::clone(&b.stats), b.spec.critical))
+                .collect(),
+            stale_after: config.broker_stale_after,
+            down_grace: config.broker_down_grace,
+        }));
+    }
+    checks
 }

@@ -4,11 +4,12 @@
 //! Checks run only in the background refresher ([`refresher`]); endpoints read the latest
 //! [`Snapshot`] and never do I/O. Each check lives in its own file beside this one.
 
+pub mod broker;
 pub mod postgres;
 pub mod redis;
 mod refresher;
 pub mod system;
-mod time;
+pub(crate) mod time;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,6 +66,8 @@ pub struct Observation {
     pub output: Option<String>,
     /// Extra observed fields, rendered beside the IETF ones on /health/details.
     pub fields: Map<String, Value>,
+    /// Overrides the check's criticality for this entry (one broker of several).
+    pub critical: Option<bool>,
 }
 
 impl Observation {
@@ -77,6 +80,7 @@ impl Observation {
             unit: None,
             output: None,
             fields: Map::new(),
+            critical: None,
         }
     }
 
@@ -92,6 +96,11 @@ impl Observation {
 
     pub fn field(mut self, name: &str, value: impl Into<Value>) -> Self {
         self.fields.insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn critical(mut self, critical: bool) -> Self {
+        self.critical = Some(critical);
         self
     }
 
@@ -160,6 +169,8 @@ pub struct Judged<'a> {
     pub observation: &'a Observation,
     pub status: Status,
     pub output: Option<String>,
+    /// The entry's criticality (its own, else its check's).
+    pub critical: bool,
 }
 
 /// A snapshot judged at one instant, with exclusions applied.
@@ -198,7 +209,8 @@ impl Snapshot {
                 } else {
                     (observation.status, observation.output.clone())
                 };
-                let contribution = match (obs_status, result.critical) {
+                let critical = observation.critical.unwrap_or(result.critical);
+                let contribution = match (obs_status, critical) {
                     (Status::Fail, true) => Status::Fail,
                     (Status::Pass, _) => Status::Pass,
                     _ => Status::Warn,
@@ -209,6 +221,7 @@ impl Snapshot {
                     observation,
                     status: obs_status,
                     output,
+                    critical,
                 });
             }
         }
@@ -276,7 +289,7 @@ impl Evaluation<'_> {
                         json!(crate::core::redact::redact_text(output)),
                     );
                 }
-                entry.insert("critical".into(), json!(judged.result.critical));
+                entry.insert("critical".into(), json!(judged.critical));
                 entry.insert(
                     "durationMs".into(),
                     json!(round2(judged.result.duration.as_secs_f64() * 1000.0)),
@@ -305,11 +318,7 @@ impl Evaluation<'_> {
                     None => j.observation.key.to_owned(),
                 };
                 let mark = if j.status == Status::Pass { '+' } else { '-' };
-                let critical = if j.result.critical {
-                    ""
-                } else {
-                    " (non-critical)"
-                };
+                let critical = if j.critical { "" } else { " (non-critical)" };
                 format!("[{mark}]{name} {}{critical}", j.status.as_str())
             })
             .collect()
@@ -320,7 +329,7 @@ impl Evaluation<'_> {
         let mut names: Vec<&'static str> = self
             .entries
             .iter()
-            .filter(|j| j.status == Status::Fail && (!only_critical || j.result.critical))
+            .filter(|j| j.status == Status::Fail && (!only_critical || j.critical))
             .map(|j| j.observation.key)
             .collect();
         names.dedup();
