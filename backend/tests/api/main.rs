@@ -10,6 +10,7 @@
 mod helpers;
 mod proxy;
 
+mod brokers;
 mod config_and_cli;
 mod details;
 mod faults;
