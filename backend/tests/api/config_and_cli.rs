@@ -83,3 +83,27 @@ fn help_lists_settings_without_secret_values() {
     );
     assert!(!help.contains("Sup3rSecret"), "{help}");
 }
+
+#[test]
+fn bad_broker_settings_exit_2_naming_the_setting_without_credentials() {
+    assert_rejected(&[("BROKERS", "paper")], "BROKERS");
+    assert_rejected(&[("BROKERS", "Paper=ws://127.0.0.1:9100/ws")], "BROKERS");
+    assert_rejected(&[("BROKERS", "a=ws://h:1/ws,a=ws://h:2/ws")], "BROKERS");
+    let stderr = assert_rejected(&[("BROKERS", "a=wss://key:Sup3rSecretPw@h/ws")], "BROKERS");
+    assert!(
+        stderr.contains("wss://") && !stderr.contains("Sup3rSecretPw"),
+        "{stderr}"
+    );
+    let stderr = assert_rejected(&[("BROKERS", "a=http://key:Sup3rSecretPw@h/ws")], "BROKERS");
+    assert!(!stderr.contains("Sup3rSecretPw"), "{stderr}");
+    assert_rejected(&[("BROKER_CRITICAL", "alpaca")], "BROKER_CRITICAL");
+    assert_rejected(
+        &[("BROKERS", "none"), ("BROKER_CRITICAL", "paper")],
+        "BROKER_CRITICAL",
+    );
+    assert_rejected(&[("BROKER_SYMBOLS", "AAPL,bad symbol")], "BROKER_SYMBOLS");
+    assert_rejected(
+        &[("BROKER_HEARTBEAT_INTERVAL", "0s")],
+        "BROKER_HEARTBEAT_INTERVAL",
+    );
+}
