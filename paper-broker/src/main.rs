@@ -42,7 +42,23 @@ async fn main() -> ExitCode {
         broker.ws_url(),
         broker.control_url()
     );
-    let _ = tokio::signal::ctrl_c().await;
+    wait_for_signal().await;
     broker.stop().await;
     ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
