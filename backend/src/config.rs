@@ -130,6 +130,10 @@ pub struct Config {
     #[arg(long, env = "BROKER_ERROR_WINDOW", default_value = "5m", value_parser = parse_duration)]
     pub broker_error_window: Duration,
 
+    /// How long an order waits for the broker's acknowledgement before it is `timed_out`.
+    #[arg(long, env = "ORDER_ACK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub order_ack_timeout: Duration,
+
     #[command(flatten)]
     pub checks: CheckSettings,
 }
@@ -339,6 +343,7 @@ impl Config {
             ("BROKER_DOWN_GRACE", self.broker_down_grace),
             ("BROKER_CONNECT_TIMEOUT", self.broker_connect_timeout),
             ("BROKER_ERROR_WINDOW", self.broker_error_window),
+            ("ORDER_ACK_TIMEOUT", self.order_ack_timeout),
         ] {
             if value < Duration::from_millis(10) {
                 return Err(invalid(setting, "must be at least 10ms"));

@@ -9,6 +9,7 @@ pub mod config;
 pub mod core;
 pub mod db;
 pub mod health;
+pub mod orders;
 pub mod redis_client;
 
 use std::future::IntoFuture;
@@ -24,15 +25,20 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
-use crate::brokers::Brokers;
+use crate::brokers::{BrokerEvent, Brokers};
 use crate::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::tasks::Tasks;
 use crate::db::Database;
 use crate::db::migrations::Migrations;
 use crate::health::{Check, Health, HealthSettings, ServiceInfo};
+use crate::orders::{BrokerLink, Orders, Publisher};
 use crate::redis_client::Redis;
 use crate::redis_client::subscriber::Subscriber;
+use tokio::sync::mpsc;
+
+/// Broker replies waiting for the `order-events` task.
+const BROKER_EVENTS_QUEUE: usize = 4096;
 
 /// How long background tasks and pools get to stop after the HTTP server has.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +55,13 @@ pub struct Application {
     db: Database,
     subscriber: Subscriber,
     brokers: Brokers,
+    orders: Orders,
+    /// The order tasks' inputs: broker replies and the event publisher.
+    order_tasks: Option<(
+        mpsc::Sender<BrokerEvent>,
+        mpsc::Receiver<BrokerEvent>,
+        Publisher,
+    )>,
     migrations: Migrations,
     shutdown: CancellationToken,
 }
@@ -113,6 +126,26 @@ impl Application {
         )?;
 
         let brokers = Brokers::from_config(&config, &metrics.brokers).await?;
+        let links = brokers
+            .list()
+            .iter()
+            .map(|b| {
+                let link = BrokerLink {
+                    stats: Arc::clone(&b.stats),
+                    outbound: b.outbound.clone(),
+                };
+                (b.spec.name.clone(), link)
+            })
+            .collect();
+        let (orders, publisher) = Orders::new(
+            db.clone(),
+            redis.clone(),
+            links,
+            metrics.orders.clone(),
+            metrics.errors.clone(),
+            config.order_ack_timeout,
+        );
+        let (events_tx, events_rx) = mpsc::channel(BROKER_EVENTS_QUEUE);
         let checks = build_checks(&config, &db, &redis, &subscriber, &migrations, &brokers);
         let health = Health::new(
             checks,
@@ -129,6 +162,7 @@ impl Application {
             health: health.clone(),
             metrics: metrics.clone(),
             db: db.clone(),
+            orders: orders.clone(),
         };
         let metrics_listener = metrics_listener.map(|l| (l, api::metrics_router(state.clone())));
         let router = api::router(state, extra_routes);
@@ -142,6 +176,8 @@ impl Application {
             db,
             subscriber,
             brokers,
+            orders,
+            order_tasks: Some((events_tx, events_rx, publisher)),
             migrations,
             shutdown: CancellationToken::new(),
         })
@@ -185,7 +221,9 @@ impl Application {
             health,
             db,
             subscriber,
-            brokers,
+            mut brokers,
+            orders,
+            order_tasks,
             migrations,
             shutdown,
         } = self;
@@ -211,7 +249,13 @@ impl Application {
         tasks.spawn("redis-subscriber", move |cancel| {
             subscriber.run(cancel, every)
         });
-        brokers.spawn(&mut tasks);
+        if let Some((events_tx, events_rx, publisher)) = order_tasks {
+            brokers.spawn(&mut tasks, &events_tx);
+            tasks.spawn("order-events", move |cancel| {
+                orders.run_events(events_rx, cancel)
+            });
+            tasks.spawn("order-publisher", move |cancel| publisher.run(cancel));
+        }
 
         let addr = listener
             .local_addr()

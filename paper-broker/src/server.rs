@@ -273,7 +273,9 @@ impl Session {
                 })
                 .await?;
                 let market = *self.prices.entry(symbol).or_insert(100.0);
-                let price = limit_price.and_then(|p| p.parse().ok()).unwrap_or(market);
+                let price = limit_price
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or((market * 100.0).round() / 100.0);
                 self.send(&ServerMessage::Fill {
                     client_order_id,
                     broker_order_id,

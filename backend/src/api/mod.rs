@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod health;
 pub mod metrics;
+pub mod orders;
 pub mod problem;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::core::metrics::Metrics;
 use crate::core::metrics::http::{Instrumentation, track};
 use crate::db::Database;
 use crate::health::Health;
+use crate::orders::Orders;
 use problem::Problem;
 
 /// What every handler may use. Cheap to clone.
@@ -25,13 +27,16 @@ pub struct AppState {
     pub health: Health,
     pub metrics: Metrics,
     pub db: Database,
+    pub orders: Orders,
 }
 
 /// The whole application's routes (plus `extra`), with the metrics middleware when
 /// metrics are enabled. `/metrics` is here unless it has a listener of its own.
 pub fn router(state: AppState, extra: Router) -> Router {
     let config = Arc::clone(&state.config);
-    let mut routes = Router::new().merge(health::router());
+    let mut routes = Router::new()
+        .merge(health::router())
+        .merge(orders::router());
     if config.metrics_enabled && config.metrics_addr.is_none() {
         routes = routes.merge(metrics::router());
     }

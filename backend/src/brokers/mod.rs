@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use paper_broker::PaperBroker;
+use paper_broker::protocol::{ClientMessage, ServerMessage};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::{BrokerSource, BrokerSpec, Config};
 use crate::core::metrics::BrokerMetrics;
@@ -19,10 +22,32 @@ use crate::core::tasks::Tasks;
 use session::{SessionSettings, Supervisor};
 use stats::BrokerStats;
 
+/// Orders waiting to be written to one broker's session.
+const OUTBOUND_QUEUE: usize = 1024;
+
+/// An order for a broker session to send.
+#[derive(Debug)]
+pub struct OutboundOrder {
+    pub message: ClientMessage,
+    /// Not sent after this (its ack timeout would already have expired).
+    pub deadline: Instant,
+}
+
+/// An order reply (ack, fill, reject) received from a broker.
+#[derive(Debug)]
+pub struct BrokerEvent {
+    pub broker: String,
+    pub message: ServerMessage,
+}
+
 /// One configured broker and its live stats.
 pub struct Broker {
     pub spec: BrokerSpec,
     pub stats: Arc<BrokerStats>,
+    /// Queue into the broker's session.
+    pub outbound: mpsc::Sender<OutboundOrder>,
+    /// The session's end of `outbound`, handed to the supervisor at spawn.
+    outbound_rx: Option<mpsc::Receiver<OutboundOrder>>,
 }
 
 /// Every configured broker.
@@ -54,13 +79,18 @@ impl Brokers {
         };
         let brokers = specs
             .into_iter()
-            .map(|spec| Broker {
-                stats: Arc::new(BrokerStats::new(
-                    &spec.name,
-                    config.broker_error_window,
-                    metrics.clone(),
-                )),
-                spec,
+            .map(|spec| {
+                let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_QUEUE);
+                Broker {
+                    stats: Arc::new(BrokerStats::new(
+                        &spec.name,
+                        config.broker_error_window,
+                        metrics.clone(),
+                    )),
+                    spec,
+                    outbound,
+                    outbound_rx: Some(outbound_rx),
+                }
             })
             .collect();
         Ok(Self {
@@ -84,13 +114,18 @@ impl Brokers {
         self.embedded.as_ref()
     }
 
-    /// Starts one owned supervisor task per broker.
-    pub fn spawn(&self, tasks: &mut Tasks) {
-        for broker in &self.brokers {
+    /// Starts one owned supervisor task per broker; order replies go to `events`.
+    pub fn spawn(&mut self, tasks: &mut Tasks, events: &mpsc::Sender<BrokerEvent>) {
+        for broker in &mut self.brokers {
+            let Some(outbound) = broker.outbound_rx.take() else {
+                continue; // already running
+            };
             let supervisor = Supervisor {
                 stats: Arc::clone(&broker.stats),
                 url: broker.spec.url.clone(),
                 settings: self.settings.clone(),
+                outbound,
+                events: events.clone(),
             };
             tasks.spawn("broker", move |cancel| supervisor.run(cancel));
         }

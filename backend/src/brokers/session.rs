@@ -23,8 +23,10 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::stats::{BrokerStats, ErrorKind, State};
+use super::{BrokerEvent, OutboundOrder};
 use crate::core::backoff::Backoff;
 use crate::core::redact::{redact_text, redact_url};
+use tokio::sync::mpsc;
 
 /// A session must stay live this long before the backoff resets.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -60,11 +62,15 @@ pub struct Supervisor {
     pub stats: Arc<BrokerStats>,
     pub url: String,
     pub settings: SessionSettings,
+    /// Orders to send while a session is live.
+    pub outbound: mpsc::Receiver<OutboundOrder>,
+    /// Where order replies go (the `order-events` task).
+    pub events: mpsc::Sender<BrokerEvent>,
 }
 
 impl Supervisor {
     /// Runs sessions until `cancel` fires, reconnecting with backoff.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(mut self, cancel: CancellationToken) {
         let name = self.stats.name().to_owned();
         let shown_url = redact_url(&self.url);
         tracing::info!(task = "broker", broker = %name, url = %shown_url, "broker supervisor started");
@@ -123,7 +129,7 @@ impl Supervisor {
     }
 
     async fn session(
-        &self,
+        &mut self,
         cancel: &CancellationToken,
         was_live: bool,
         malformed_log: &mut MalformedLog,
@@ -226,6 +232,24 @@ impl Supervisor {
                         Err(_) => return self.fail(ErrorKind::Timeout, "sending a ping timed out", Some(live_since)),
                     }
                 }
+                                Some(order) = self.outbound.recv() => {
+                    if Instant::now() > order.deadline {
+                        tracing::warn!(task = "broker", broker = %self.stats.name(), "order not sent: its ack deadline passed while queued");
+                        continue;
+                    }
+                    let sent = match serde_json::to_string(&order.message) {
+                        Ok(text) => tokio::time::timeout(heartbeat, ws.send(Message::Text(text.into()))).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot encode an order");
+                            continue;
+                        }
+                    };
+                    match sent {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return self.fail(ErrorKind::Connect, &format!("sending an order: {e}"), Some(live_since)),
+                        Err(_) => return self.fail(ErrorKind::Timeout, "sending an order timed out", Some(live_since)),
+                    }
+                }
                 frame = ws.next() => {
                     let frame = match frame {
                         None => return self.fail(ErrorKind::Closed, "connection ended without a close frame", Some(live_since)),
@@ -245,6 +269,19 @@ impl Supervisor {
                             Ok(ServerMessage::Error { code, message }) => {
                                 self.stats.message();
                                 self.stats.error(ErrorKind::BrokerError, &format!("{code}: {message}"));
+                            }
+                                                        Ok(message @ (ServerMessage::Ack { .. } | ServerMessage::Fill { .. } | ServerMessage::Reject { .. })) => {
+                                self.stats.message();
+                                let event = BrokerEvent { broker: self.stats.name().to_owned(), message };
+                                tokio::select! {
+                                    () = cancel.cancelled() => {
+                                        close(&mut ws).await;
+                                        return Ended::Shutdown;
+                                    }
+                                    sent = self.events.send(event) => if sent.is_err() {
+                                        tracing::error!(task = "broker", "order events receiver gone; order reply dropped");
+                                    },
+                                }
                             }
                             Ok(_message) => self.stats.message(),
                             Err(e) => {
@@ -396,6 +433,8 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 symbols: vec!["AAPL".into()],
             },
+            outbound: mpsc::channel(1).1,
+            events: mpsc::channel(1).0,
         };
         let cancel = CancellationToken::new();
         let started = Instant::now();

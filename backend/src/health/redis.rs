@@ -270,6 +270,7 @@ impl Check for PubSubCheck {
                 .field("subscriberConnected", view.connected)
                 .field("channels", view.channels)
                 .field("disconnects", view.disconnects)
+                .field("orderEventsReceived", view.order_events)
                 .field("probeChannel", self.subscriber.probe_channel())
                 .field(
                     "lastMessageAgeSeconds",

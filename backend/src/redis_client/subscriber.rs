@@ -31,6 +31,8 @@ pub struct SubscriberState {
     disconnects: AtomicU64,
     /// When the last pub/sub message arrived.
     last_message: Mutex<Option<Instant>>,
+    /// Order events received on `orders:events` (from every instance).
+    order_events: AtomicU64,
     /// Highest probe sequence number received back.
     probe_seen: watch::Sender<u64>,
     /// The probe channel, unique to this instance.
@@ -64,6 +66,9 @@ impl SubscriberState {
                     *last = Some(Instant::now());
                 }
                 let channel = push.data.first().and_then(as_text);
+                if channel.as_deref() == Some(crate::orders::EVENTS_CHANNEL) {
+                    self.order_events.fetch_add(1, Ordering::Relaxed);
+                }
                 if channel.as_deref() == Some(self.probe_channel.as_str())
                     && let Some(seq) = push
                         .data
@@ -106,6 +111,7 @@ pub struct SubscriberView {
     pub connected: bool,
     pub channels: u64,
     pub disconnects: u64,
+    pub order_events: u64,
     pub last_message_age: Option<Duration>,
 }
 
@@ -145,6 +151,7 @@ impl Subscriber {
             connected,
             channels: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
+            order_events: AtomicU64::new(0),
             last_message: Mutex::new(None),
             probe_seen,
             probe_channel: format!("health:pubsub-probe:{instance}"),
@@ -176,6 +183,7 @@ impl Subscriber {
             connected: *self.state.connected.borrow(),
             channels: self.state.channels.load(Ordering::Relaxed),
             disconnects: self.state.disconnects.load(Ordering::Relaxed),
+            order_events: self.state.order_events.load(Ordering::Relaxed),
             last_message_age: self
                 .state
                 .last_message
@@ -201,7 +209,11 @@ impl Subscriber {
                     if subscribed_once {
                         redis::cmd("PING").query_async::<()>(&mut conn).await
                     } else {
-                        conn.subscribe(&self.state.probe_channel).await
+                        conn.subscribe(&[
+                            self.state.probe_channel.as_str(),
+                            crate::orders::EVENTS_CHANNEL,
+                        ])
+                        .await
                     }
                 };
                 match tokio::time::timeout(self.timeout, attempt).await {
