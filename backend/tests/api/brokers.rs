@@ -8,35 +8,18 @@ use std::time::Duration;
 use paper_broker::{DropMode, PaperBroker, Stall};
 use serde_json::Value;
 
-use crate::helpers::{Options, TestApp, spawn_app_with};
-
-const HEARTBEAT: Duration = Duration::from_millis(200);
-
-async fn paper() -> PaperBroker {
-    PaperBroker::start(paper_broker::Config {
-        tick_interval: Duration::from_millis(50),
-        ..paper_broker::Config::default()
-    })
-    .await
-    .unwrap()
-}
+use crate::helpers::{
+    BROKER_HEARTBEAT as HEARTBEAT, Options, TestApp, paper_broker as paper, spawn_app_with,
+    with_broker,
+};
 
 /// An app connected to `broker` as `paper` with fast broker timings.
 async fn app_with(broker: &PaperBroker, critical: bool) -> TestApp {
-    let url = broker.ws_url().replace("ws://", "ws://key:Sup3rSecretKey@");
-    spawn_app_with(Options {
-        configure: Some(Box::new(move |c| {
-            c.brokers = Some(format!("paper={url}"));
-            c.broker_heartbeat_interval = HEARTBEAT;
-            c.broker_stale_after = Duration::from_millis(600);
-            c.broker_down_grace = Duration::from_millis(800);
-            c.broker_connect_timeout = Duration::from_secs(1);
-            if critical {
-                c.broker_critical = "paper".into();
-            }
-        })),
-        ..Options::default()
-    })
+    spawn_app_with(with_broker(broker, move |c| {
+        if critical {
+            c.broker_critical = "paper".into();
+        }
+    }))
     .await
 }
 

@@ -276,6 +276,39 @@ pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
         .collect()
 }
 
+/// A paper broker on a free port, ticking every 50 ms.
+pub async fn paper_broker() -> paper_broker::PaperBroker {
+    paper_broker::PaperBroker::start(paper_broker::Config {
+        tick_interval: Duration::from_millis(50),
+        ..paper_broker::Config::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Heartbeat of the broker sessions in tests.
+pub const BROKER_HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// Options connecting the app to `broker` as `paper` with fast broker timings, then
+/// applying `more`.
+pub fn with_broker(
+    broker: &paper_broker::PaperBroker,
+    more: impl FnOnce(&mut Config) + 'static,
+) -> Options {
+    let url = broker.ws_url().replace("ws://", "ws://key:Sup3rSecretKey@");
+    Options {
+        configure: Some(Box::new(move |c| {
+            c.brokers = Some(format!("paper={url}"));
+            c.broker_heartbeat_interval = BROKER_HEARTBEAT;
+            c.broker_stale_after = Duration::from_millis(600);
+            c.broker_down_grace = Duration::from_millis(800);
+            c.broker_connect_timeout = Duration::from_secs(1);
+            more(c);
+        })),
+        ..Options::default()
+    }
+}
+
 /// Drops a test database, from a thread of its own so it also runs while unwinding.
 pub fn drop_database(name: &str) {
     let name = name.to_owned();

@@ -18,3 +18,4 @@ mod health_endpoints;
 mod lifecycle;
 mod metrics;
 mod migrations;
+mod orders;
