@@ -112,6 +112,31 @@ impl Orders {
         ack_timeout: Duration,
     ) -> (Self, Publisher) {
         let (publish, queue) = mpsc::channel(PUBLISH_QUEUE);
+        // Every series exists from the start at 0 for each broker (fixed label sets).
+        for broker in brokers.keys() {
+            let labels = Self::labels(broker);
+            for side in [model::Side::Buy, model::Side::Sell] {
+                for kind in [model::OrderType::Market, model::OrderType::Limit] {
+                    let _ = metrics.submitted.get_or_create(&SubmittedLabels {
+                        broker: broker.clone(),
+                        side: side.as_str(),
+                        r#type: kind.as_str(),
+                    });
+                }
+            }
+            let _ = metrics.acknowledged.get_or_create(&labels);
+            let _ = metrics.filled.get_or_create(&labels);
+            let _ = metrics.cancelled.get_or_create(&labels);
+            let _ = metrics.in_flight.get_or_create(&labels);
+            let _ = metrics.ack_latency.get_or_create(&labels);
+            let _ = metrics.fill_latency.get_or_create(&labels);
+            for reason in model::REJECT_REASONS {
+                let _ = metrics.rejected.get_or_create(&BrokerReasonLabels {
+                    broker: broker.clone(),
+                    reason,
+                });
+            }
+        }
         let orders = Self {
             inner: Arc::new(Inner {
                 db,
