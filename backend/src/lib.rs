@@ -157,13 +157,14 @@ impl Application {
             info,
             metrics.health.clone(),
         );
-        let state = AppState {
+        let state = AppState::new(api::Services {
             config: Arc::clone(&config),
             health: health.clone(),
             metrics: metrics.clone(),
             db: db.clone(),
             orders: orders.clone(),
-        };
+            health_cache: api::health::HealthCache::new(&health),
+        });
         let metrics_listener = metrics_listener.map(|l| (l, api::metrics_router(state.clone())));
         let router = api::router(state, extra_routes);
         Ok(Self {

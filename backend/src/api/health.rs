@@ -6,6 +6,9 @@
 //! (redacted) error text, and is protected by a bearer token or, without one, loopback.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
+
+use axum::body::Bytes;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
@@ -30,12 +33,16 @@ pub fn router() -> Router<AppState> {
 
 /// A health+json response: 200 for pass/warn, 503 for fail; never cached.
 fn respond(status: Status, body: Map<String, Value>) -> Response {
+    respond_bytes(status, Bytes::from(Value::Object(body).to_string()))
+}
+
+fn respond_bytes(status: Status, body: Bytes) -> Response {
     let code = if status == Status::Fail {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
     };
-    let mut response = (code, Value::Object(body).to_string()).into_response();
+    let mut response = (code, body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -70,7 +77,7 @@ async fn service(State(state): State<AppState>) -> Response {
 /// GET /health/live: the process's own machinery runs (the refresher's heartbeat is fresh).
 async fn live(State(state): State<AppState>) -> Response {
     match state.health.liveness() {
-        Ok(()) => respond(Status::Pass, body(&state.health, Status::Pass, "liveness")),
+        Ok(()) => respond_bytes(Status::Pass, state.health_cache.live.clone()),
         Err(reason) => {
             let mut map = body(&state.health, Status::Fail, "liveness");
             map.insert("output".into(), json!(reason));
@@ -123,7 +130,11 @@ fn parse_ready_query(raw: Option<&str>) -> ReadyQuery {
 async fn ready(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Response {
     let health = &state.health;
     let query = parse_ready_query(raw.as_deref());
-    let valid = Snapshot::exclusion_names(health.checks());
+    let valid = if query.exclude.is_empty() {
+        Vec::new()
+    } else {
+        Snapshot::exclusion_names(health.checks())
+    };
     let unknown: Vec<&String> = query
         .exclude
         .iter()
@@ -138,12 +149,22 @@ async fn ready(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respon
         .into_response();
     }
 
+    // The plain, steady-state answer is rendered once per snapshot and reused until a
+    // newer snapshot exists or one of its results could turn stale.
     let snapshot = health.snapshot();
-    let evaluation = snapshot.evaluate(
-        Instant::now(),
-        health.settings().stale_after,
-        &query.exclude,
-    );
+    let now = Instant::now();
+    let cacheable = raw.as_deref().is_none_or(str::is_empty)
+        && !health.is_draining()
+        && health.startup_pending().is_none();
+    if cacheable
+        && let Some(cached) = state.health_cache.ready.read().ok().and_then(|c| c.clone())
+        && cached.round == snapshot.round
+        && now < cached.valid_until
+    {
+        return respond_bytes(cached.status, cached.body.clone());
+    }
+    let stale_after = health.settings().stale_after;
+    let evaluation = snapshot.evaluate(now, stale_after, &query.exclude);
     let (status, output) = if health.is_draining() {
         (Status::Fail, Some("draining: shutting down".to_owned()))
     } else if let Some(reason) = health.startup_pending() {
@@ -168,7 +189,47 @@ async fn ready(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respon
         "checks".into(),
         Value::Object(evaluation.render_checks(Detail::StatusOnly)),
     );
-    respond(status, map)
+    let body = Bytes::from(Value::Object(map).to_string());
+    if cacheable {
+        let valid_until = snapshot
+            .results
+            .iter()
+            .map(|r| r.measured + stale_after)
+            .min()
+            .unwrap_or(now);
+        if let Ok(mut slot) = state.health_cache.ready.write() {
+            *slot = Some(Arc::new(CachedReady {
+                round: snapshot.round,
+                valid_until,
+                status,
+                body: body.clone(),
+            }));
+        }
+    }
+    respond_bytes(status, body)
+}
+
+/// Bodies reused across requests: the liveness body never changes; the plain readiness
+/// body changes only with a new snapshot or when a result turns stale.
+pub struct HealthCache {
+    live: Bytes,
+    ready: RwLock<Option<Arc<CachedReady>>>,
+}
+
+struct CachedReady {
+    round: u64,
+    valid_until: Instant,
+    status: Status,
+    body: Bytes,
+}
+
+impl HealthCache {
+    pub fn new(health: &Health) -> Self {
+        Self {
+            live: Bytes::from(Value::Object(body(health, Status::Pass, "liveness")).to_string()),
+            ready: RwLock::new(None),
+        }
+    }
 }
 
 /// GET /health/details: every check with observed values; protected.

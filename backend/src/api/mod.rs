@@ -14,20 +14,39 @@ use axum::http::{Method, StatusCode, Uri};
 
 use crate::config::Config;
 use crate::core::metrics::Metrics;
-use crate::core::metrics::http::{Instrumentation, track};
+use crate::core::metrics::http::{Instrumentation, TrackLayer};
 use crate::db::Database;
 use crate::health::Health;
 use crate::orders::Orders;
 use problem::Problem;
 
-/// What every handler may use. Cheap to clone.
+/// What every handler may use: one `Arc`, because axum clones the state for every
+/// request (the services inside hold dozens of `Arc`s of their own).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+/// The services behind [`AppState`].
+pub struct Services {
     pub config: Arc<Config>,
     pub health: Health,
     pub metrics: Metrics,
     pub db: Database,
     pub orders: Orders,
+    pub health_cache: health::HealthCache,
 }
 
 /// The whole application's routes (plus `extra`), with the metrics middleware when
@@ -40,13 +59,14 @@ pub fn router(state: AppState, extra: Router) -> Router {
     if config.metrics_enabled && config.metrics_addr.is_none() {
         routes = routes.merge(metrics::router());
     }
-    let instrumentation = Instrumentation {
+    // Shared behind one Arc: the middleware state is cloned for every request.
+    let instrumentation = Arc::new(Instrumentation {
         http: state.metrics.http.clone(),
         errors: state.metrics.errors.clone(),
-    };
+    });
     let app = routes.fallback(not_found).with_state(state).merge(extra);
     if config.metrics_enabled {
-        app.layer(axum::middleware::from_fn_with_state(instrumentation, track))
+        app.layer(TrackLayer(instrumentation))
     } else {
         app
     }

@@ -510,35 +510,58 @@ struct BuildLabels {
     revision: &'static str,
 }
 
+/// Where the next line starting with `#` begins (or the end). Searches for the rare `#`
+/// (memchr-fast) rather than for every newline.
+fn next_descriptor(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(i) = text[from..].find('#') {
+        let at = from + i;
+        if at == 0 || bytes[at - 1] == b'\n' {
+            return at;
+        }
+        from = at + 1;
+    }
+    text.len()
+}
+
 /// Rewrites OpenMetrics text as Prometheus text 0.0.4: counters are described under their
-/// sample name (`_total`), `unknown` becomes `untyped`, and `# UNIT` / `# EOF` go.
+/// sample name (`_total`), `unknown` becomes `untyped`, and `# UNIT` / `# EOF` go. Sample
+/// lines are copied in whole blocks; only descriptor lines are looked at.
 fn to_prometheus_text(openmetrics: &str) -> String {
     let mut out = String::with_capacity(openmetrics.len());
     let mut pending_help: Option<&str> = None;
-    for line in openmetrics.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            pending_help = Some(rest);
+    let mut rest = openmetrics;
+    while !rest.is_empty() {
+        if !rest.starts_with('#') {
+            // A block of samples, up to the next descriptor line.
+            let end = next_descriptor(rest);
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
             continue;
         }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let (name, kind, suffix) = match kind {
-                "counter" => (name, "counter", "_total"),
-                "unknown" => (name, "untyped", ""),
-                other => (name, other, ""),
+        let (line, next) = rest.split_once('\n').unwrap_or((rest, ""));
+        rest = next;
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            pending_help = Some(help);
+        } else if let Some(typed) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = typed.split_once(' ').unwrap_or((typed, "untyped"));
+            let (kind, suffix) = match kind {
+                "counter" => ("counter", "_total"),
+                "unknown" => ("untyped", ""),
+                other => (other, ""),
             };
             if let Some(help) = pending_help.take() {
                 let text = help.split_once(' ').map_or("", |(_, t)| t);
-                out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
+                for part in ["# HELP ", name, suffix, " ", text, "\n"] {
+                    out.push_str(part);
+                }
             }
-            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
-            continue;
+            for part in ["# TYPE ", name, suffix, " ", kind, "\n"] {
+                out.push_str(part);
+            }
         }
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
+        // `# UNIT` and `# EOF` are dropped.
     }
     out
 }

@@ -1,7 +1,9 @@
 //! The standard `process_*` families, read from /proc at each scrape (prometheus-client
 //! has no process collector). Missing values (e.g. not on Linux) are left out.
 
-use procfs::process::{LimitValue, Process};
+use std::sync::OnceLock;
+
+use procfs::process::Process;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -58,23 +60,23 @@ impl Collector for ProcessCollector {
             "Number of open file descriptors",
             process.fd_count().ok().map(|n| n as f64),
         )?;
-        let max_fds = process
-            .limits()
-            .ok()
-            .map(|l| match l.max_open_files.soft_limit {
-                LimitValue::Value(v) => v as f64,
-                LimitValue::Unlimited => f64::INFINITY,
-            });
+        // One syscall instead of parsing /proc/self/limits.
+        let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .map_or(f64::INFINITY, |v| v as f64);
         gauge(
             &mut encoder,
             "process_max_fds",
             "Maximum number of open file descriptors",
-            max_fds,
+            Some(max_fds),
         )?;
-        let start = match (&stat, procfs::boot_time_secs()) {
+        // Constant for the process: computed on the first scrape (the boot time comes
+        // from /proc/stat, which is long on many-core machines).
+        static START: OnceLock<Option<f64>> = OnceLock::new();
+        let start = *START.get_or_init(|| match (&stat, procfs::boot_time_secs()) {
             (Some(s), Ok(boot)) => Some(boot as f64 + s.starttime as f64 / ticks),
             _ => None,
-        };
+        });
         gauge(
             &mut encoder,
             "process_start_time_seconds",
