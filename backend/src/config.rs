@@ -303,7 +303,13 @@ impl Config {
                 format!("not a URL ({e}); expected redis://host:port"),
             )
         })?;
-        if !matches!(url.scheme(), "redis" | "rediss") || url.host_str().is_none() {
+        if url.scheme() == "rediss" {
+            return Err(invalid(
+                "REDIS_URL",
+                "rediss:// (TLS) is not supported by this build; use redis:// (e.g. through a TLS-terminating proxy)",
+            ));
+        }
+        if url.scheme() != "redis" || url.host_str().is_none() {
             return Err(invalid(
                 "REDIS_URL",
                 format!(

@@ -64,6 +64,14 @@ fn a_bad_url_is_rejected_without_echoing_its_password() {
     assert!(!stderr.contains("Sup3rSecretPw"), "{stderr}");
     let stderr = assert_rejected(&[("REDIS_URL", "http://:Sup3rSecretPw@cache")], "REDIS_URL");
     assert!(!stderr.contains("Sup3rSecretPw"), "{stderr}");
+    let stderr = assert_rejected(
+        &[("REDIS_URL", "rediss://:Sup3rSecretPw@cache:6380")],
+        "REDIS_URL",
+    );
+    assert!(
+        stderr.contains("TLS") && !stderr.contains("Sup3rSecretPw"),
+        "{stderr}"
+    );
 }
 
 #[test]
