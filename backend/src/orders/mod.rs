@@ -11,7 +11,7 @@
 pub mod model;
 pub mod store;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -326,30 +326,87 @@ impl Orders {
     }
 
     /// The `order-events` task: applies broker messages and ack timeouts until cancelled.
+    /// Row updates go through an ordered queue: if PostgreSQL fails, they wait there and
+    /// are retried on every sweep, in order, so no acknowledgement or fill is lost.
     pub async fn run_events(
         self,
         mut events: mpsc::Receiver<BrokerEvent>,
         cancel: CancellationToken,
     ) {
-        let mut sweep =
-            tokio::time::interval((self.inner.ack_timeout / 4).max(Duration::from_millis(10)));
+        let every = (self.inner.ack_timeout / 4).max(Duration::from_millis(10));
+        let mut sweep = tokio::time::interval(every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unwritten: VecDeque<Unwritten> = VecDeque::new();
+        // After a storage failure, writes pause until then (events keep queueing in order).
+        let mut paused_until: Option<Instant> = None;
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 event = events.recv() => match event {
-                    Some(event) => self.apply(event).await,
+                    Some(event) => unwritten.extend(self.apply(event)),
                     None => break,
                 },
-                _ = sweep.tick() => self.expire().await,
+                _ = sweep.tick() => unwritten.extend(self.expire()),
             }
+            if paused_until.is_none_or(|t| Instant::now() >= t) {
+                paused_until = (!self.write(&mut unwritten).await).then(|| Instant::now() + every);
+            }
+        }
+        if !unwritten.is_empty() {
+            tracing::error!(
+                task = "order-events",
+                count = unwritten.len(),
+                "stopping with order updates not written to PostgreSQL"
+            );
         }
         tracing::info!(task = "order-events", "order events task stopped");
     }
 
-    async fn apply(&self, event: BrokerEvent) {
+    /// Writes queued transitions front to back; stops at the first storage failure and
+    /// says whether everything was written.
+    async fn write(&self, unwritten: &mut VecDeque<Unwritten>) -> bool {
+        while unwritten.len() > MAX_UNWRITTEN {
+            if let Some(dropped) = unwritten.pop_front() {
+                tracing::error!(client_order_id = %dropped.transition.client_order_id(), "order update dropped: too many unwritten while PostgreSQL is down");
+            }
+        }
+        while let Some(next) = unwritten.front() {
+            match next.transition.write(&self.inner.db).await {
+                Ok(written) => {
+                    if let Some(order) = written {
+                        self.publish(&order);
+                        match &next.waiter {
+                            Some(waiter) => {
+                                waiter.send_replace(order.status.clone());
+                            }
+                            None => self.notify_pending(&order),
+                        }
+                    }
+                    unwritten.pop_front();
+                }
+                Err(e) => {
+                    let _ = self.storage_failed(e);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Tells the waiter of a still-pending order about its new status.
+    fn notify_pending(&self, order: &Order) {
+        if let Ok(pending) = self.inner.pending.lock()
+            && let Some(p) = pending.get(&order.client_order_id)
+        {
+            p.status.send_replace(order.status.clone());
+        }
+    }
+
+    /// Counts a broker message and returns the row update it calls for.
+    fn apply(&self, event: BrokerEvent) -> Option<Unwritten> {
         let inner = &self.inner;
-        let result = match event.message {
+        let labels = Self::labels(&event.broker);
+        match event.message {
             ServerMessage::Ack {
                 client_order_id,
                 broker_order_id,
@@ -362,24 +419,27 @@ impl Orders {
                     entry.acknowledged = true;
                     Some(entry.sent_at.elapsed())
                 });
-                let labels = Self::labels(&event.broker);
                 inner.metrics.acknowledged.get_or_create(&labels).inc();
-                if let Some(latency) = first_ack {
-                    inner.metrics.in_flight.get_or_create(&labels).dec();
-                    inner
-                        .metrics
-                        .ack_latency
-                        .get_or_create(&labels)
-                        .observe(latency.as_secs_f64());
-                }
-                let updated = store::accepted(&inner.db, &client_order_id, &broker_order_id).await;
-                if let Ok(Some(order)) = &updated {
-                    if first_ack.is_none() {
-                        tracing::warn!(%client_order_id, "late acknowledgement of a timed-out order");
+                match first_ack {
+                    Some(latency) => {
+                        inner.metrics.in_flight.get_or_create(&labels).dec();
+                        inner
+                            .metrics
+                            .ack_latency
+                            .get_or_create(&labels)
+                            .observe(latency.as_secs_f64());
                     }
-                    self.notify(&client_order_id, order);
+                    None => {
+                        tracing::warn!(%client_order_id, "acknowledgement of an order not pending (timed out, or repeated)")
+                    }
                 }
-                updated
+                Some(Unwritten {
+                    transition: Transition::Accepted {
+                        client_order_id,
+                        broker_order_id,
+                    },
+                    waiter: None,
+                })
             }
             ServerMessage::Fill {
                 client_order_id,
@@ -392,7 +452,6 @@ impl Orders {
                     .lock()
                     .ok()
                     .and_then(|mut p| p.remove(&client_order_id));
-                let labels = Self::labels(&event.broker);
                 inner.metrics.filled.get_or_create(&labels).inc();
                 if let Some(p) = &finished {
                     inner
@@ -404,21 +463,15 @@ impl Orders {
                         inner.metrics.in_flight.get_or_create(&labels).dec();
                     }
                 }
-                let updated = store::filled(
-                    &inner.db,
-                    &client_order_id,
-                    &broker_order_id,
-                    &quantity,
-                    price,
-                )
-                .await;
-                if let Ok(Some(order)) = &updated {
-                    self.publish(order);
-                    if let Some(p) = finished {
-                        p.status.send_replace(order.status.clone());
-                    }
-                }
-                updated
+                Some(Unwritten {
+                    transition: Transition::Filled {
+                        client_order_id,
+                        broker_order_id,
+                        quantity,
+                        price,
+                    },
+                    waiter: finished.map(|p| p.status),
+                })
             }
             ServerMessage::Reject {
                 client_order_id,
@@ -432,41 +485,23 @@ impl Orders {
                 let reason = reject_reason(&reason);
                 self.count_rejected(&event.broker, reason);
                 if finished.as_ref().is_some_and(|p| !p.acknowledged) {
-                    inner
-                        .metrics
-                        .in_flight
-                        .get_or_create(&Self::labels(&event.broker))
-                        .dec();
+                    inner.metrics.in_flight.get_or_create(&labels).dec();
                 }
-                let updated = store::rejected(&inner.db, &client_order_id, reason).await;
-                if let Ok(Some(order)) = &updated {
-                    self.publish(order);
-                    if let Some(p) = finished {
-                        p.status.send_replace(order.status.clone());
-                    }
-                }
-                updated
+                Some(Unwritten {
+                    transition: Transition::Rejected {
+                        client_order_id,
+                        reason,
+                    },
+                    waiter: finished.map(|p| p.status),
+                })
             }
-            _ => Ok(None),
-        };
-        if let Err(e) = result {
-            let _ = self.storage_failed(e);
+            _ => None,
         }
     }
 
-    /// Publishes an update of a still-pending order and tells its waiter.
-    fn notify(&self, client_order_id: &str, order: &Order) {
-        self.publish(order);
-        if let Ok(pending) = self.inner.pending.lock()
-            && let Some(p) = pending.get(client_order_id)
-        {
-            p.status.send_replace(order.status.clone());
-        }
-    }
-
-    /// Marks orders without an ack past the timeout as `timed_out`; forgets acknowledged
-    /// orders that never filled after [`TRACK_ACCEPTED_FOR`].
-    async fn expire(&self) {
+    /// Orders without an ack past the timeout become `timed_out`; acknowledged orders that
+    /// never filled are forgotten after [`TRACK_ACCEPTED_FOR`].
+    fn expire(&self) -> Vec<Unwritten> {
         let inner = &self.inner;
         let expired: Vec<(String, Pending)> = match inner.pending.lock() {
             Ok(mut pending) => {
@@ -484,30 +519,90 @@ impl Orders {
             }
             Err(_) => Vec::new(),
         };
-        for (client_order_id, p) in expired {
-            if p.acknowledged {
-                continue;
-            }
-            inner
-                .metrics
-                .in_flight
-                .get_or_create(&Self::labels(&p.broker))
-                .dec();
-            self.count_rejected(&p.broker, "ack_timeout");
-            inner.errors.inc(Component::Orders, ErrorKind::Timeout);
-            tracing::warn!(%client_order_id, broker = %p.broker, timeout_ms = inner.ack_timeout.as_millis() as u64, "order not acknowledged in time: timed out");
-            match store::timed_out(&inner.db, &client_order_id).await {
-                Ok(Some(order)) => {
-                    self.publish(&order);
-                    p.status.send_replace(order.status.clone());
+        expired
+            .into_iter()
+            .filter(|(_, p)| !p.acknowledged)
+            .map(|(client_order_id, p)| {
+                inner.metrics.in_flight.get_or_create(&Self::labels(&p.broker)).dec();
+                self.count_rejected(&p.broker, "ack_timeout");
+                inner.errors.inc(Component::Orders, ErrorKind::Timeout);
+                tracing::warn!(%client_order_id, broker = %p.broker, timeout_ms = inner.ack_timeout.as_millis() as u64, "order not acknowledged in time: timed out");
+                Unwritten {
+                    transition: Transition::TimedOut { client_order_id },
+                    waiter: Some(p.status),
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = self.storage_failed(e);
-                }
+            })
+            .collect()
+    }
+}
+
+/// Most row updates kept while PostgreSQL is down; the oldest are dropped beyond it.
+const MAX_UNWRITTEN: usize = 100_000;
+
+/// A state change of a stored order, to write to its row.
+#[derive(Debug)]
+enum Transition {
+    Accepted {
+        client_order_id: String,
+        broker_order_id: String,
+    },
+    Filled {
+        client_order_id: String,
+        broker_order_id: String,
+        quantity: String,
+        price: f64,
+    },
+    Rejected {
+        client_order_id: String,
+        reason: &'static str,
+    },
+    TimedOut {
+        client_order_id: String,
+    },
+}
+
+impl Transition {
+    fn client_order_id(&self) -> &str {
+        match self {
+            Transition::Accepted {
+                client_order_id, ..
             }
+            | Transition::Filled {
+                client_order_id, ..
+            }
+            | Transition::Rejected {
+                client_order_id, ..
+            }
+            | Transition::TimedOut { client_order_id } => client_order_id,
         }
     }
+
+    /// The updated row, or `None` when the order is not in a state this applies to.
+    async fn write(&self, db: &Database) -> Result<Option<Order>, StoreError> {
+        match self {
+            Transition::Accepted {
+                client_order_id,
+                broker_order_id,
+            } => store::accepted(db, client_order_id, broker_order_id).await,
+            Transition::Filled {
+                client_order_id,
+                broker_order_id,
+                quantity,
+                price,
+            } => store::filled(db, client_order_id, broker_order_id, quantity, *price).await,
+            Transition::Rejected {
+                client_order_id,
+                reason,
+            } => store::rejected(db, client_order_id, reason).await,
+            Transition::TimedOut { client_order_id } => store::timed_out(db, client_order_id).await,
+        }
+    }
+}
+
+/// A transition waiting to be written, and who waits for its outcome.
+struct Unwritten {
+    transition: Transition,
+    waiter: Option<watch::Sender<String>>,
 }
 
 impl Publisher {

@@ -46,6 +46,14 @@ async fn post(app: &TestApp, body: &Value) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// Reading the store while it is refused fails (proves the outage is real).
+async fn rows_status_while_down(app: &TestApp) -> Option<u16> {
+    let response = app
+        .get("/api/v1/orders/3f2504e0-4f89-11d3-9a0c-0305e82c3301")
+        .await;
+    (response.status() != 503).then(|| response.status().as_u16())
+}
+
 async fn rows(app: &TestApp) -> Vec<(String, String, Option<String>)> {
     let db = backend::db::Database::connect_lazy(
         &database_url(&app.db_name),
@@ -448,4 +456,83 @@ async fn two_hundred_concurrent_orders_are_each_stored_sent_and_counted_once() {
         200.0
     );
     assert_eq!(metric(&m, r#"orders_in_flight{broker="paper"}"#), 0.0);
+}
+
+#[tokio::test]
+async fn an_ack_and_fill_arriving_while_postgres_is_down_are_written_once_it_is_back() {
+    let broker = paper_broker().await;
+    let app = spawn_app_with(crate::helpers::Options {
+        postgres_proxy: true,
+        ..with_broker(&broker, |c| {
+            c.order_ack_timeout = Duration::from_secs(2);
+            // The broker below answers nothing for 800 ms at a time: not a dead peer.
+            c.broker_heartbeat_interval = Duration::from_secs(1);
+            c.broker_stale_after = Duration::from_secs(10);
+        })
+    })
+    .await;
+    app.wait_ready_status(200, Duration::from_secs(10)).await;
+    app.wait_check("broker:connection", "pass", Duration::from_secs(5))
+        .await;
+    // Replies take 800 ms, long enough to cut PostgreSQL off after the order is stored.
+    // (Ticks are stopped: the delay applies to every outgoing message in turn.)
+    broker.faults().set_tick_interval(Duration::from_secs(3600));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    broker.faults().set_delay(Duration::from_millis(800));
+    let submit = {
+        let (client, url) = (app.client.clone(), app.url("/api/v1/orders"));
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .json(&market("pg-down-1"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while broker.faults().orders_received.load(Ordering::Relaxed) == 0 {
+        assert!(std::time::Instant::now() < until, "order never sent");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.pg_proxy().set(crate::proxy::Mode::Refuse);
+    // The client hears that the store is unavailable (the outcome could not be read back).
+    assert_eq!(submit.await.unwrap(), 503);
+    // The fill arrives and is counted even though it cannot be written yet.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while app.metrics().await[r#"orders_filled_total{broker="paper"}"#] < 1.0 {
+        assert!(std::time::Instant::now() < until, "the fill never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        rows_status_while_down(&app).await,
+        None,
+        "PostgreSQL is still refused"
+    );
+
+    app.pg_proxy().set(crate::proxy::Mode::Pass);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, order) = post(&app, &market("pg-down-1")).await;
+        if status == 200 && order["status"] == "filled" {
+            assert_eq!(order["filled_quantity"], "10");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "fill never written: {status} {order:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        rows(&app).await,
+        vec![("pg-down-1".into(), "filled".into(), None)]
+    );
+    assert_eq!(
+        broker.faults().orders_received.load(Ordering::Relaxed),
+        1,
+        "the retry sent nothing"
+    );
 }
