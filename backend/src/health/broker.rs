@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Map, json};
 
-use super::{Check, CheckFuture, ComponentType, Observation, Status, round2, time};
+use super::{Check, CheckFuture, CheckInfo, ComponentType, Observation, Status, round2, time};
 use crate::brokers::stats::{BrokerStats, State};
 
 /// Error-rate thresholds, in percent.
@@ -119,18 +119,13 @@ impl BrokerCheck {
 }
 
 impl Check for BrokerCheck {
-    fn name(&self) -> &'static str {
-        "broker:connection"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["broker:connection"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::Component
-    }
-    /// Critical when any broker is (for a timeout or panic of the check itself).
-    fn critical(&self) -> bool {
-        self.brokers.iter().any(|(_, critical)| *critical)
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["broker:connection"],
+            component_type: ComponentType::Component,
+            // Critical when any broker is (for a timeout or panic of the check itself).
+            critical: self.brokers.iter().any(|(_, critical)| *critical),
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {

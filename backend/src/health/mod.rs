@@ -131,14 +131,25 @@ pub type CheckFuture<'a> = Pin<Box<dyn Future<Output = Vec<Observation>> + Send 
 /// more observations under their declared keys. They may assume the refresher enforces
 /// the timeout and catches panics, and must reuse the application's pools and clients.
 pub trait Check: Send + Sync + 'static {
-    /// Stable name used in logs and metrics: the check's primary key.
-    fn name(&self) -> &'static str;
-    /// Every key the check may report (a timeout or panic is reported under each).
-    fn keys(&self) -> &'static [&'static str];
-    fn component_type(&self) -> ComponentType;
-    /// Whether a failure makes the instance not ready.
-    fn critical(&self) -> bool;
+    fn info(&self) -> CheckInfo;
     fn run(&self) -> CheckFuture<'_>;
+}
+
+/// What the refresher needs to know about a check besides running it.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckInfo {
+    /// Every key the check may report (a timeout or panic is reported under each). The
+    /// first is the check's name in logs and metrics.
+    pub keys: &'static [&'static str],
+    pub component_type: ComponentType,
+    /// Whether a failure makes the instance not ready.
+    pub critical: bool,
+}
+
+impl CheckInfo {
+    pub fn name(&self) -> &'static str {
+        self.keys.first().copied().unwrap_or("unnamed")
+    }
 }
 
 /// The latest outcome of one check.
@@ -232,7 +243,7 @@ impl Snapshot {
     pub fn exclusion_names(checks: &[Arc<dyn Check>]) -> Vec<&'static str> {
         let mut names: Vec<&'static str> = checks
             .iter()
-            .flat_map(|c| c.keys().iter().copied())
+            .flat_map(|c| c.info().keys.iter().copied())
             .flat_map(|key| [component_of(key), key])
             .collect();
         names.sort_unstable();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{Check, CheckFuture, ComponentType, Observation, Status, round2};
+use super::{Check, CheckFuture, CheckInfo, ComponentType, Observation, Status, round2};
 use crate::core::redact::redact_text;
 use crate::db::Database;
 use crate::db::migrations::Migrations;
@@ -21,17 +21,12 @@ pub struct ConnectionCheck {
 }
 
 impl Check for ConnectionCheck {
-    fn name(&self) -> &'static str {
-        "postgres:connection"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["postgres:connection", "postgres:responseTime"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::Datastore
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["postgres:connection", "postgres:responseTime"],
+            component_type: ComponentType::Datastore,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -93,17 +88,12 @@ pub struct PoolCheck {
 }
 
 impl Check for PoolCheck {
-    fn name(&self) -> &'static str {
-        "postgres:connections"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["postgres:connections"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::Datastore
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["postgres:connections"],
+            component_type: ComponentType::Datastore,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -148,17 +138,12 @@ pub struct MigrationsCheck {
 }
 
 impl Check for MigrationsCheck {
-    fn name(&self) -> &'static str {
-        "postgres:migrations"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["postgres:migrations"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::Datastore
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["postgres:migrations"],
+            component_type: ComponentType::Datastore,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{Check, CheckFuture, ComponentType, Observation, Status, round2};
+use super::{Check, CheckFuture, CheckInfo, ComponentType, Observation, Status, round2};
 use crate::redis_client::Redis;
 use crate::redis_client::subscriber::{ProbeOutcome, Subscriber};
 
@@ -23,17 +23,12 @@ pub struct ConnectionCheck {
 }
 
 impl Check for ConnectionCheck {
-    fn name(&self) -> &'static str {
-        "redis:connection"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["redis:connection", "redis:responseTime"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::Datastore
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["redis:connection", "redis:responseTime"],
+            component_type: ComponentType::Datastore,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -89,17 +84,12 @@ pub struct MemoryCheck {
 }
 
 impl Check for MemoryCheck {
-    fn name(&self) -> &'static str {
-        "redis:memory"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["redis:memory"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::Datastore
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["redis:memory"],
+            component_type: ComponentType::Datastore,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -177,17 +167,12 @@ pub struct ClientsCheck {
 }
 
 impl Check for ClientsCheck {
-    fn name(&self) -> &'static str {
-        "redis:connections"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["redis:connections"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::Datastore
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["redis:connections"],
+            component_type: ComponentType::Datastore,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -250,17 +235,12 @@ pub struct PubSubCheck {
 }
 
 impl Check for PubSubCheck {
-    fn name(&self) -> &'static str {
-        "redis:pubsub"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["redis:pubsub"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::Component
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["redis:pubsub"],
+            component_type: ComponentType::Component,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {

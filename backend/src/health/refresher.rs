@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Check, CheckResult, Observation, Snapshot, Status};
+use super::{Check, CheckInfo, CheckResult, Observation, Snapshot, Status};
 use crate::core::metrics::HealthMetrics;
 
 /// Identity of this instance, shown in every health body.
@@ -235,6 +235,7 @@ impl Health {
 
         let mut results = Vec::with_capacity(handles.len());
         for (check, (started, mut handle)) in self.inner.checks.iter().zip(handles) {
+            let info = check.info();
             // The inner timeout cancels a hanging future; this outer one guards against a
             // check that blocks its thread instead of yielding.
             let outer = timeout + Duration::from_millis(500);
@@ -242,10 +243,7 @@ impl Health {
                 match tokio::time::timeout_at(started + outer, &mut handle).await {
                     Ok(Ok((Ok(observations), duration))) => (observations, duration),
                     Ok(Ok((Err(_), duration))) => (
-                        failed_all(
-                            check.as_ref(),
-                            &format!("timed out after {}ms", timeout.as_millis()),
-                        ),
+                        failed_all(info, &format!("timed out after {}ms", timeout.as_millis())),
                         duration,
                     ),
                     Ok(Err(join_error)) => {
@@ -254,21 +252,21 @@ impl Health {
                         } else {
                             "check was cancelled"
                         };
-                        tracing::error!(check = check.name(), "{reason}");
-                        (failed_all(check.as_ref(), reason), started.elapsed())
+                        tracing::error!(check = info.name(), "{reason}");
+                        (failed_all(info, reason), started.elapsed())
                     }
                     Err(_) => {
                         handle.abort();
                         (
-                            failed_all(check.as_ref(), "check blocked past its timeout"),
+                            failed_all(info, "check blocked past its timeout"),
                             started.elapsed(),
                         )
                     }
                 };
             results.push(CheckResult {
-                name: check.name(),
-                component_type: check.component_type(),
-                critical: check.critical(),
+                name: info.name(),
+                component_type: info.component_type,
+                critical: info.critical,
                 observations,
                 measured_at: SystemTime::now(),
                 measured: Instant::now(),
@@ -308,9 +306,8 @@ impl Health {
     }
 }
 
-fn failed_all(check: &dyn Check, reason: &str) -> Vec<Observation> {
-    check
-        .keys()
+fn failed_all(info: CheckInfo, reason: &str) -> Vec<Observation> {
+    info.keys
         .iter()
         .map(|key| Observation::fail(key, reason))
         .collect()
@@ -357,43 +354,33 @@ fn log_changes(previous: &Snapshot, results: &[CheckResult]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{CheckFuture, ComponentType};
+    use crate::health::{CheckFuture, CheckInfo, ComponentType};
 
-    struct Fixed(&'static str, Status);
+    struct Fixed(Status);
     struct Hangs;
     struct Panics;
 
     impl Check for Fixed {
-        fn name(&self) -> &'static str {
-            self.0
-        }
-        fn keys(&self) -> &'static [&'static str] {
-            &["fixed:x"]
-        }
-        fn component_type(&self) -> ComponentType {
-            ComponentType::Component
-        }
-        fn critical(&self) -> bool {
-            true
+        fn info(&self) -> CheckInfo {
+            CheckInfo {
+                keys: &["fixed:x"],
+                component_type: ComponentType::Component,
+                critical: true,
+            }
         }
         fn run(&self) -> CheckFuture<'_> {
-            let status = self.1;
+            let status = self.0;
             Box::pin(async move { vec![Observation::pass("fixed:x").worsen(status, "set")] })
         }
     }
 
     impl Check for Hangs {
-        fn name(&self) -> &'static str {
-            "hangs:x"
-        }
-        fn keys(&self) -> &'static [&'static str] {
-            &["hangs:x", "hangs:y"]
-        }
-        fn component_type(&self) -> ComponentType {
-            ComponentType::Component
-        }
-        fn critical(&self) -> bool {
-            true
+        fn info(&self) -> CheckInfo {
+            CheckInfo {
+                keys: &["hangs:x", "hangs:y"],
+                component_type: ComponentType::Component,
+                critical: true,
+            }
         }
         fn run(&self) -> CheckFuture<'_> {
             Box::pin(std::future::pending())
@@ -401,17 +388,12 @@ mod tests {
     }
 
     impl Check for Panics {
-        fn name(&self) -> &'static str {
-            "panics:x"
-        }
-        fn keys(&self) -> &'static [&'static str] {
-            &["panics:x"]
-        }
-        fn component_type(&self) -> ComponentType {
-            ComponentType::Component
-        }
-        fn critical(&self) -> bool {
-            false
+        fn info(&self) -> CheckInfo {
+            CheckInfo {
+                keys: &["panics:x"],
+                component_type: ComponentType::Component,
+                critical: false,
+            }
         }
         fn run(&self) -> CheckFuture<'_> {
             Box::pin(async { panic!("boom") })
@@ -443,10 +425,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_hanging_check_times_out_and_the_others_still_report() {
-        let h = health(vec![
-            Arc::new(Hangs),
-            Arc::new(Fixed("fixed:x", Status::Pass)),
-        ]);
+        let h = health(vec![Arc::new(Hangs), Arc::new(Fixed(Status::Pass))]);
         let started = tokio::time::Instant::now();
         h.run_round().await;
         // The round ends at the timeout, not later.
@@ -468,10 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_check_is_reported_failed_and_rounds_continue() {
-        let h = health(vec![
-            Arc::new(Panics),
-            Arc::new(Fixed("fixed:x", Status::Warn)),
-        ]);
+        let h = health(vec![Arc::new(Panics), Arc::new(Fixed(Status::Warn))]);
         h.run_round().await;
         h.run_round().await;
         let snap = h.snapshot();
@@ -484,7 +460,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_refresher_keeps_its_heartbeat_and_stops_on_cancel() {
-        let h = health(vec![Arc::new(Fixed("fixed:x", Status::Pass))]);
+        let h = health(vec![Arc::new(Fixed(Status::Pass))]);
         let cancel = CancellationToken::new();
         let task = tokio::spawn(h.clone().run_refresher(cancel.clone()));
         let mut rx = h.subscribe();

@@ -11,7 +11,7 @@ use procfs::{Current, CurrentSI, KernelStats, Meminfo};
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{Check, CheckFuture, ComponentType, Observation, Status, round2};
+use super::{Check, CheckFuture, CheckInfo, ComponentType, Observation, Status, round2};
 
 /// CPU counters at one instant.
 #[derive(Clone, Copy)]
@@ -66,17 +66,12 @@ impl CpuCheck {
 }
 
 impl Check for CpuCheck {
-    fn name(&self) -> &'static str {
-        "cpu:utilization"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["cpu:utilization"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::System
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["cpu:utilization"],
+            component_type: ComponentType::System,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -130,17 +125,12 @@ pub struct MemoryCheck {
 }
 
 impl Check for MemoryCheck {
-    fn name(&self) -> &'static str {
-        "memory:utilization"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["memory:utilization"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::System
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["memory:utilization"],
+            component_type: ComponentType::System,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -205,17 +195,12 @@ pub struct DiskCheck {
 }
 
 impl Check for DiskCheck {
-    fn name(&self) -> &'static str {
-        "disk:utilization"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["disk:utilization"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::System
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["disk:utilization"],
+            component_type: ComponentType::System,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
@@ -269,17 +254,12 @@ pub struct ProcessCheck {
 }
 
 impl Check for ProcessCheck {
-    fn name(&self) -> &'static str {
-        "process:info"
-    }
-    fn keys(&self) -> &'static [&'static str] {
-        &["process:info"]
-    }
-    fn component_type(&self) -> ComponentType {
-        ComponentType::System
-    }
-    fn critical(&self) -> bool {
-        self.critical
+    fn info(&self) -> CheckInfo {
+        CheckInfo {
+            keys: &["process:info"],
+            component_type: ComponentType::System,
+            critical: self.critical,
+        }
     }
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
