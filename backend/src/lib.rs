@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
-use crate::brokers::{BrokerEvent, Brokers};
+use crate::brokers::Brokers;
 use crate::config::Config;
 use crate::core::metrics::Metrics;
 use crate::core::tasks::Tasks;
@@ -56,12 +56,8 @@ pub struct Application {
     subscriber: Subscriber,
     brokers: Brokers,
     orders: Orders,
-    /// The order tasks' inputs: broker replies and the event publisher.
-    order_tasks: Option<(
-        mpsc::Sender<BrokerEvent>,
-        mpsc::Receiver<BrokerEvent>,
-        Publisher,
-    )>,
+    /// Publishes order events on Redis once running (the `order-publisher` task).
+    order_publisher: Publisher,
     migrations: Migrations,
     shutdown: CancellationToken,
 }
@@ -145,7 +141,7 @@ impl Application {
             metrics.errors.clone(),
             config.order_ack_timeout,
         );
-        let (events_tx, events_rx) = mpsc::channel(BROKER_EVENTS_QUEUE);
+
         let checks = build_checks(&config, &db, &redis, &subscriber, &migrations, &brokers);
         let health = Health::new(
             checks,
@@ -178,7 +174,7 @@ impl Application {
             subscriber,
             brokers,
             orders,
-            order_tasks: Some((events_tx, events_rx, publisher)),
+            order_publisher: publisher,
             migrations,
             shutdown: CancellationToken::new(),
         })
@@ -224,7 +220,7 @@ impl Application {
             subscriber,
             mut brokers,
             orders,
-            order_tasks,
+            order_publisher,
             migrations,
             shutdown,
         } = self;
@@ -250,13 +246,13 @@ impl Application {
         tasks.spawn("redis-subscriber", move |cancel| {
             subscriber.run(cancel, every)
         });
-        if let Some((events_tx, events_rx, publisher)) = order_tasks {
-            brokers.spawn(&mut tasks, &events_tx);
-            tasks.spawn("order-events", move |cancel| {
-                orders.run_events(events_rx, cancel)
-            });
-            tasks.spawn("order-publisher", move |cancel| publisher.run(cancel));
-        }
+        // Broker sessions hand order replies to the `order-events` task.
+        let (events_tx, events_rx) = mpsc::channel(BROKER_EVENTS_QUEUE);
+        brokers.spawn(&mut tasks, &events_tx);
+        tasks.spawn("order-events", move |cancel| {
+            orders.run_events(events_rx, cancel)
+        });
+        tasks.spawn("order-publisher", move |cancel| order_publisher.run(cancel));
 
         let addr = listener
             .local_addr()
