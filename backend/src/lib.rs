@@ -185,15 +185,6 @@ impl Application {
         self.listener.local_addr().unwrap_or(self.config.bind_addr)
     }
 
-    pub fn health(&self) -> Health {
-        self.health.clone()
-    }
-
-    /// This instance's metrics (its own registry).
-    pub fn metrics(&self) -> Metrics {
-        self.metrics.clone()
-    }
-
     /// The address of the separate metrics listener, when `METRICS_ADDR` is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener

@@ -109,11 +109,6 @@ impl Brokers {
         &self.brokers
     }
 
-    /// The embedded paper broker's address, if it runs.
-    pub fn embedded(&self) -> Option<&PaperBroker> {
-        self.embedded.as_ref()
-    }
-
     /// Starts one owned supervisor task per broker; order replies go to `events`.
     pub fn spawn(&mut self, tasks: &mut Tasks, events: &mpsc::Sender<BrokerEvent>) {
         for broker in &mut self.brokers {

@@ -63,7 +63,7 @@ struct Inner {
     metrics: HealthMetrics,
     snapshot: watch::Sender<Arc<Snapshot>>,
     started: Instant,
-    started_wall: SystemTime,
+
     /// Milliseconds since `started` at the refresher's last sign of life.
     heartbeat_ms: AtomicU64,
     migrations_ready: AtomicBool,
@@ -92,7 +92,7 @@ impl Health {
                 metrics,
                 snapshot,
                 started: Instant::now(),
-                started_wall: SystemTime::now(),
+
                 heartbeat_ms: AtomicU64::new(0),
                 migrations_ready: AtomicBool::new(false),
                 ready_after_round: AtomicU64::new(0),
@@ -127,10 +127,6 @@ impl Health {
 
     pub fn uptime(&self) -> Duration {
         self.inner.started.elapsed()
-    }
-
-    pub fn started_wall(&self) -> SystemTime {
-        self.inner.started_wall
     }
 
     /// Called once migrations are applied (or when the service does not run them).

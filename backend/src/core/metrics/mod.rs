@@ -170,16 +170,6 @@ impl Errors {
             })
             .inc();
     }
-
-    /// Current count (for tests and diagnostics).
-    pub fn get(&self, component: Component, kind: ErrorKind) -> u64 {
-        self.0
-            .get_or_create(&ErrorLabels {
-                component: component.as_str(),
-                kind: kind.as_str(),
-            })
-            .get()
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -604,8 +594,15 @@ mod tests {
         let a = Metrics::new(|_| {});
         let b = Metrics::new(|_| {});
         a.errors.inc(Component::Redis, ErrorKind::Timeout);
-        assert_eq!(a.errors.get(Component::Redis, ErrorKind::Timeout), 1);
-        assert_eq!(b.errors.get(Component::Redis, ErrorKind::Timeout), 0);
+        let series = r#"errors_total{component="redis",kind="timeout"}"#;
+        assert!(
+            a.render(Format::Prometheus)
+                .contains(&format!("{series} 1\n"))
+        );
+        assert!(
+            b.render(Format::Prometheus)
+                .contains(&format!("{series} 0\n"))
+        );
     }
 
     #[test]
