@@ -33,12 +33,7 @@ impl Check for ConnectionCheck {
     fn run(&self) -> CheckFuture<'_> {
         Box::pin(async move {
             let started = Instant::now();
-            let mut reply = self.redis.query::<String>(&redis::cmd("PING")).await;
-            if reply.is_err() && started.elapsed() < self.redis.timeout() / 2 {
-                // A connection dropped since the last use (e.g. a Redis restart) fails
-                // once, then the manager reconnects: one quick retry tells the two apart.
-                reply = self.redis.query::<String>(&redis::cmd("PING")).await;
-            }
+            let reply = self.redis.query::<String>(&redis::cmd("PING")).await;
             let elapsed = started.elapsed();
             let ms = round2(elapsed.as_secs_f64() * 1000.0);
             let target = self.redis.display_url();

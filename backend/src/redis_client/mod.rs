@@ -69,18 +69,26 @@ impl Redis {
         })
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     pub fn display_url(&self) -> &str {
         &self.display_url
     }
 
     /// Runs one command under the timeout.
+    ///
+    /// A connection that broke since its last use (a Redis restart, a failover) fails the
+    /// first command sent on it while the manager reconnects; that one failure is retried
+    /// once, within the same timeout. (A retried PUBLISH may be delivered twice.)
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> anyhow::Result<T> {
         let mut conn = self.manager.clone();
-        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+        let attempts = async {
+            match cmd.query_async::<T>(&mut conn).await {
+                Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                    cmd.query_async::<T>(&mut conn).await
+                }
+                first => first,
+            }
+        };
+        match tokio::time::timeout(self.timeout, attempts).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 let kind = if e.is_timeout() {
