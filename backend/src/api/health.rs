@@ -407,3 +407,113 @@ mod tests {
         assert!(parse_ready_query(None).exclude.is_empty());
     }
 }
+
+/// The readiness cache through the real router: a cached 200 must not outlive its
+/// results. No servers are needed: every client in the state connects lazily.
+#[cfg(test)]
+mod cache_tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use clap::Parser;
+    use tower::ServiceExt;
+
+    use crate::api::{AppState, Services, router};
+    use crate::config::Config;
+    use crate::core::metrics::Metrics;
+    use crate::db::Database;
+    use crate::health::{
+        Check, CheckFuture, CheckInfo, ComponentType, Health, HealthSettings, Observation,
+        ServiceInfo,
+    };
+    use crate::orders::Orders;
+    use crate::redis_client::Redis;
+
+    struct Passing;
+
+    impl Check for Passing {
+        fn info(&self) -> CheckInfo {
+            CheckInfo {
+                keys: &["fake:check"],
+                component_type: ComponentType::Component,
+                critical: true,
+            }
+        }
+        fn run(&self) -> CheckFuture<'_> {
+            Box::pin(async { vec![Observation::pass("fake:check")] })
+        }
+    }
+
+    #[derive(Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cached_ready_answer_expires_when_its_results_go_stale() {
+        let config = Arc::new(Defaults::try_parse_from(["backend"]).unwrap().config);
+        let metrics = Metrics::new(|_| {});
+        let db = Database::connect_lazy(
+            &config.database_url,
+            1,
+            Duration::from_secs(1),
+            metrics.errors.clone(),
+        )
+        .unwrap();
+        let redis = Redis::connect_lazy(
+            &config.redis_url,
+            Duration::from_secs(1),
+            metrics.errors.clone(),
+        )
+        .unwrap();
+        let (orders, _publisher) = Orders::new(
+            db.clone(),
+            redis,
+            HashMap::new(),
+            metrics.orders.clone(),
+            metrics.errors.clone(),
+            Duration::from_secs(1),
+        );
+        let health = Health::new(
+            vec![Arc::new(Passing)],
+            HealthSettings {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                stale_after: Duration::from_secs(3),
+            },
+            ServiceInfo::current(),
+            metrics.health.clone(),
+        );
+        let state = AppState::new(Services {
+            config,
+            health_cache: super::HealthCache::new(&health),
+            health: health.clone(),
+            metrics,
+            db,
+            orders,
+        });
+        let app = router(state, axum::Router::new());
+        let ready = || async {
+            let request = Request::get("/health/ready").body(Body::empty()).unwrap();
+            app.clone()
+                .oneshot(request)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        };
+
+        health.set_migrations_ready();
+        health.run_round().await;
+        assert_eq!(ready().await, 200);
+        assert_eq!(ready().await, 200, "served from the cache");
+        // No new round (a wedged refresher): once the result is older than stale_after,
+        // the cached 200 must not be served.
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(ready().await, 503);
+    }
+}
