@@ -12,7 +12,7 @@ use axum::body::Bytes;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, RawQuery, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Map, Value, json};
@@ -29,6 +29,7 @@ pub fn router() -> Router<AppState> {
         .route("/health/ready", get(ready))
         .route("/health/startup", get(startup))
         .route("/health/details", get(details))
+        .route("/health/ui", get(super::status_page::page))
 }
 
 /// A health+json response: 200 for pass/warn, 503 for fail; never cached.
@@ -37,12 +38,7 @@ fn respond(status: Status, body: Map<String, Value>) -> Response {
 }
 
 fn respond_bytes(status: Status, body: Bytes) -> Response {
-    let code = if status == Status::Fail {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    let mut response = (code, body).into_response();
+    let mut response = (status_code(status), body).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -50,6 +46,15 @@ fn respond_bytes(status: Status, body: Bytes) -> Response {
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// 503 for fail, 200 for pass and warn.
+pub(super) fn status_code(status: Status) -> StatusCode {
+    if status == Status::Fail {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    }
 }
 
 /// The top-level members every health body has.
@@ -165,15 +170,11 @@ async fn ready(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Respon
     }
     let stale_after = health.settings().stale_after;
     let evaluation = snapshot.evaluate(now, stale_after, &query.exclude);
-    let (status, output) = if health.is_draining() {
-        (Status::Fail, Some("draining: shutting down".to_owned()))
-    } else if let Some(reason) = health.startup_pending() {
-        (Status::Fail, Some(reason.to_owned()))
-    } else if evaluation.status == Status::Fail {
-        let failing = evaluation.failing_names(true).join(", ");
-        (Status::Fail, Some(format!("not ready: failing {failing}")))
+    let output = health.not_ready_reason(&evaluation);
+    let status = if output.is_some() {
+        Status::Fail
     } else {
-        (evaluation.status, None)
+        evaluation.status
     };
 
     let mut map = body(health, status, "readiness");
@@ -233,40 +234,63 @@ impl HealthCache {
 }
 
 /// GET /health/details: every check with observed values; protected.
-async fn details(State(state): State<AppState>, headers: HeaderMap, request: Request) -> Response {
+async fn details(State(state): State<AppState>, request: Request) -> Response {
+    if let Some(refused) = details_refusal(&state, &request) {
+        return refused;
+    }
+    let (status, map) = details_body(&state.health);
+    respond(status, map)
+}
+
+/// The 401 or 403 answer when [`details_access`] refuses the request; `None` lets it
+/// through. Shared by `/health/details` and the status page.
+pub(super) fn details_refusal(state: &AppState, request: &Request) -> Option<Response> {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    let bearer = headers
+    let bearer = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    let path = request.uri().path();
     match details_access(state.config.health_details_token.as_deref(), bearer, peer) {
-        Access::Granted => {}
+        Access::Granted => None,
         Access::Unauthorized => {
             let mut response = Problem::new(
                 StatusCode::UNAUTHORIZED,
-                "a valid bearer token is required for /health/details",
+                format!("a valid bearer token is required for {path}"),
             )
             .into_response();
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return response;
+            Some(response)
         }
-        Access::Forbidden => {
-            return Problem::new(
+        Access::Forbidden => Some(
+            Problem::new(
                 StatusCode::FORBIDDEN,
-                "/health/details is only served to loopback clients unless HEALTH_DETAILS_TOKEN is set",
+                format!(
+                    "{path} is only served to loopback clients unless HEALTH_DETAILS_TOKEN is set"
+                ),
             )
-            .into_response();
-        }
+            .into_response(),
+        ),
     }
+}
 
-    let health = &state.health;
+/// The `/health/details` body: every check with observed values and redacted errors,
+/// and the overall status.
+pub(super) fn details_body(health: &Health) -> (Status, Map<String, Value>) {
     let snapshot = health.snapshot();
     let evaluation = snapshot.evaluate(Instant::now(), health.settings().stale_after, &[]);
-    let mut map = body(health, evaluation.status, "health details");
+    // Before the first round there is nothing to judge: say so rather than "pass".
+    let status = if snapshot.round == 0 {
+        Status::Warn
+    } else {
+        evaluation.status
+    };
+    let mut map = body(health, status, "health details");
     let lifecycle = if health.is_draining() {
         "draining".to_owned()
     } else {
@@ -281,9 +305,11 @@ async fn details(State(state): State<AppState>, headers: HeaderMap, request: Req
             format!("round: {}", snapshot.round)
         ]),
     );
-    if evaluation.status != Status::Pass {
+    if status != Status::Pass {
         let failing = evaluation.failing_names(false);
-        let output = if failing.is_empty() {
+        let output = if snapshot.round == 0 {
+            "no round of checks has completed yet".to_owned()
+        } else if failing.is_empty() {
             "some checks warn".to_owned()
         } else {
             format!("failing: {}", failing.join(", "))
@@ -294,7 +320,7 @@ async fn details(State(state): State<AppState>, headers: HeaderMap, request: Req
         "checks".into(),
         Value::Object(evaluation.render_checks(Detail::Full)),
     );
-    respond(evaluation.status, map)
+    (status, map)
 }
 
 /// Who may read /health/details.

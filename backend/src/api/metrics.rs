@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text by default, OpenMetrics when the scraper asks for it
 //! (`Accept: application/openmetrics-text`); optionally behind a bearer token.
 //! Rendering reads in-memory families only; the pool gauges are refreshed from the pool's
-//! own counters (no I/O).
+//! own counters and `health_ready` from the readiness decision (no I/O).
 
 use axum::Router;
 use axum::extract::State;
@@ -39,6 +39,7 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     let format = Format::negotiate(accept);
     let pool = state.db.pool_stats();
     state.metrics.pool.set(pool.idle, pool.in_use, pool.max);
+    state.metrics.health.set_ready(state.health.is_ready());
     let body = state.metrics.render(format);
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(

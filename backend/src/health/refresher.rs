@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Check, CheckInfo, CheckResult, Observation, Snapshot, Status};
+use super::{Check, CheckInfo, CheckResult, Evaluation, Observation, Snapshot, Status};
 use crate::core::metrics::HealthMetrics;
 
 /// Identity of this instance, shown in every health body.
@@ -161,6 +161,28 @@ impl Health {
 
     pub fn is_draining(&self) -> bool {
         self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Why `/health/ready` answers 503 given `evaluation`, or `None` when it answers 200:
+    /// draining first, then start-up, then the failing critical checks. Never error text.
+    pub fn not_ready_reason(&self, evaluation: &Evaluation) -> Option<String> {
+        if self.is_draining() {
+            Some("draining: shutting down".to_owned())
+        } else if let Some(reason) = self.startup_pending() {
+            Some(reason.to_owned())
+        } else if evaluation.status == Status::Fail {
+            let failing = evaluation.failing_names(true).join(", ");
+            Some(format!("not ready: failing {failing}"))
+        } else {
+            None
+        }
+    }
+
+    /// Whether a plain `/health/ready` would answer 200 now.
+    pub fn is_ready(&self) -> bool {
+        let snapshot = self.snapshot();
+        let evaluation = snapshot.evaluate(Instant::now(), self.inner.settings.stale_after, &[]);
+        self.not_ready_reason(&evaluation).is_none()
     }
 
     /// `Err(reason)` when the refresher has shown no sign of life for `stale_after`.

@@ -58,39 +58,121 @@ async fn details_show_every_check_with_real_observed_values() {
 }
 
 #[tokio::test]
-async fn details_need_the_bearer_token_when_one_is_set() {
+async fn details_and_the_status_page_need_the_bearer_token_when_one_is_set() {
     let app = spawn_app_with(Options {
         configure: Some(Box::new(|c| c.health_details_token = Some(TOKEN.into()))),
         ..Options::default()
     })
     .await;
-    let url = app.url("/health/details");
-    let none = app.client.get(&url).send().await.unwrap();
-    assert_eq!(none.status(), 401);
-    assert_eq!(none.headers()["www-authenticate"], "Bearer");
-    assert_eq!(none.headers()["content-type"], "application/problem+json");
-    let wrong = app
+    let before_first_round = app
         .client
-        .get(&url)
-        .bearer_auth("test-token-0123456780")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(wrong.status(), 401);
-    let right = app
-        .client
-        .get(&url)
+        .get(app.url("/health/details"))
         .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
+    let body: serde_json::Value = before_first_round.json().await.unwrap();
+    if body["notes"][1] == "round: 0" {
+        assert_eq!(
+            body["status"], "warn",
+            "nothing judged yet is not a pass: {body}"
+        );
+    }
+    app.wait_ready_status(200, Duration::from_secs(10)).await;
+    for path in ["/health/details", "/health/ui"] {
+        let url = app.url(path);
+        let none = app.client.get(&url).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        assert_eq!(none.headers()["www-authenticate"], "Bearer");
+        assert_eq!(none.headers()["content-type"], "application/problem+json");
+        let wrong = app
+            .client
+            .get(&url)
+            .bearer_auth("test-token-0123456780")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let right = app
+            .client
+            .get(&url)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            matches!(right.status().as_u16(), 200 | 503),
+            "{path}: {}",
+            right.status()
+        );
+        let body = right.text().await.unwrap();
+        assert!(body.contains("postgres:connection"), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn the_status_page_shows_every_check_and_turns_red_when_postgres_fails() {
+    let app = spawn_app_with(Options {
+        postgres_proxy: true,
+        ..Options::default()
+    })
+    .await;
+    app.wait_ready_status(200, Duration::from_secs(10)).await;
+    let (_, details) = app.get_json("/health/details").await;
+
+    let page = app.get("/health/ui").await;
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers()["cache-control"], "no-store");
     assert!(
-        matches!(right.status().as_u16(), 200 | 503),
-        "{}",
-        right.status()
+        page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'")
     );
-    let body: serde_json::Value = right.json().await.unwrap();
-    assert!(body["checks"].is_object());
+    let html = page.text().await.unwrap();
+    assert!(html.starts_with("<!doctype html>"), "{html}");
+    // Auto-refresh every health-check interval (1s in tests), no scripts, no assets.
+    assert!(
+        html.contains(r#"<meta http-equiv="refresh" content="1">"#),
+        "{html}"
+    );
+    for forbidden in ["<script", "src=", "href=", "http://", "https://"] {
+        assert!(!html.contains(forbidden), "{forbidden} in {html}");
+    }
+    // Every check of the details body has a row, and the pool's observed values show.
+    for key in details["checks"].as_object().unwrap().keys() {
+        assert!(
+            html.contains(&format!("<td>{key}</td>")),
+            "{key} missing: {html}"
+        );
+    }
+    assert!(
+        html.contains(r#"<tr class="pass"><td>postgres:connection</td>"#),
+        "{html}"
+    );
+    assert!(html.contains("max=10"), "pool details shown: {html}");
+
+    app.pg_proxy().set(crate::proxy::Mode::Refuse);
+    app.wait_check("postgres:connection", "fail", Duration::from_secs(5))
+        .await;
+    let page = app.get("/health/ui").await;
+    assert_eq!(page.status(), 503, "same status code as /health/details");
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains(r#"<span class="badge fail">fail</span>"#),
+        "{html}"
+    );
+    let row = html
+        .split("<tr ")
+        .find(|r| r.contains("<td>postgres:connection</td>"))
+        .unwrap();
+    assert!(row.starts_with(r#"class="fail""#), "{row}");
+    assert!(row.contains("<td>yes</td>"), "critical: {row}");
+    assert!(
+        row.contains("postgres://postgres@"),
+        "the error names the target: {row}"
+    );
 }
 
 #[tokio::test]
@@ -118,6 +200,7 @@ async fn the_database_password_appears_in_no_response() {
         "/health/ready?verbose",
         "/health/startup",
         "/health/details",
+        "/health/ui",
         "/nope",
     ] {
         bodies.push(app.get(path).await.text().await.unwrap());

@@ -83,8 +83,10 @@ async fn postgres_refused_fails_readiness_then_recovers() {
         .wait_check("postgres:connection", "fail", Duration::from_secs(2))
         .await;
     assert!(check["output"].is_string(), "details say why: {check:#}");
+    assert_eq!(app.metrics().await["health_ready"], 0.0);
     app.pg_proxy().set(Mode::Pass);
     assert_recovers(&app).await;
+    assert_eq!(app.metrics().await["health_ready"], 1.0);
 }
 
 #[tokio::test]

@@ -267,6 +267,7 @@ async fn every_design_family_is_on_the_first_scrape_with_help_text() {
         "errors_total",
         "health_check_status",
         "health_check_duration_seconds",
+        "health_ready",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_virtual_memory_bytes",
@@ -302,6 +303,7 @@ async fn every_design_family_is_on_the_first_scrape_with_help_text() {
             r#"health_check_duration_seconds_count{check="redis:pubsub"}"#
         ) >= 1.0
     );
+    assert_eq!(value(&m, "health_ready"), 1.0);
     assert_eq!(value(&m, "db_pool_max_connections"), 10.0);
     assert!(
         value(&m, r#"db_pool_connections{state="idle"}"#)

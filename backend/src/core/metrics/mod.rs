@@ -255,11 +255,13 @@ struct CheckLabels {
     check: &'static str,
 }
 
-/// `health_check_status{check,status}` (one-hot) and `health_check_duration_seconds{check}`.
+/// `health_check_status{check,status}` (one-hot), `health_check_duration_seconds{check}`
+/// and `health_ready`.
 #[derive(Clone, Debug)]
 pub struct HealthMetrics {
     status: Family<CheckStatusLabels, Gauge>,
     duration: Family<CheckLabels, Histogram, fn() -> Histogram>,
+    ready: Gauge,
 }
 
 impl HealthMetrics {
@@ -274,6 +276,11 @@ impl HealthMetrics {
                 })
                 .set(i64::from(candidate == status));
         }
+    }
+
+    /// `health_ready`: set from the readiness decision each time `/metrics` is rendered.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     pub fn observe_duration(&self, check: &'static str, seconds: f64) {
@@ -346,6 +353,7 @@ impl Metrics {
         let health = HealthMetrics {
             status: Family::default(),
             duration: Family::new_with_constructor(check_histogram),
+            ready: Gauge::default(),
         };
         r.register(
             "health_check_status",
@@ -356,6 +364,11 @@ impl Metrics {
             "health_check_duration_seconds",
             "Time each health check took",
             Shown(health.duration.clone()),
+        );
+        r.register(
+            "health_ready",
+            "1 when /health/ready answers 200 (start-up done, not draining, critical checks passing), else 0",
+            health.ready.clone(),
         );
 
         let pool = PoolMetrics::default();
