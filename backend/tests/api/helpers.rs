@@ -52,6 +52,12 @@ struct Defaults {
     config: Config,
 }
 
+/// Parses settings as the binary does, from `--flag=value` arguments (and the environment).
+pub fn parse_config<I: IntoIterator<Item = String>>(args: I) -> Result<Config, clap::Error> {
+    let args = std::iter::once("backend".to_owned()).chain(args);
+    Defaults::try_parse_from(args).map(|d| d.config)
+}
+
 /// The service's defaults (the environment may override them, as for the real binary),
 /// with test timings, an ephemeral port and no drain delay.
 pub fn test_config() -> Config {

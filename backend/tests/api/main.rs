@@ -8,10 +8,13 @@
 )]
 
 mod helpers;
+mod process;
+mod prometheus;
 mod proxy;
 
 mod brokers;
 mod config_and_cli;
+mod deploy;
 mod details;
 mod faults;
 mod health_endpoints;

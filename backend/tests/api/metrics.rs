@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{Options, TestApp, parse_metrics, spawn_app, spawn_app_with};
+use crate::prometheus::{Prometheus, first_value};
 use crate::proxy::Mode;
 
 fn test_routes() -> Router {
@@ -516,65 +517,18 @@ async fn promtool_finds_no_problems() {
 async fn a_real_prometheus_scrapes_the_app() {
     let app = spawn_app().await;
     exercise(&app).await;
-    let dir = std::env::temp_dir().join(crate::helpers::unique_name("prometheus"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n  - job_name: backend\n    static_configs:\n      - targets: ['{}']\n",
-        app.addr
-    );
-    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let mut server = tokio::process::Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("prometheus is installed (Debian package prometheus; .ci/run installs it)");
-
-    let query = |q: &'static str| {
-        let client = app.client.clone();
-        async move {
-            let base = format!("http://127.0.0.1:{port}/api/v1/query");
-            let url = url::Url::parse_with_params(&base, &[("query", q)]).ok()?;
-            let response = client.get(url).send().await.ok()?;
-            let body: serde_json::Value = response.json().await.ok()?;
-            body["data"]["result"][0]["value"][1]
-                .as_str()?
-                .parse::<f64>()
-                .ok()
-        }
-    };
-    let until = Instant::now() + Duration::from_secs(45);
-    let mut up = None;
-    while up != Some(1.0) {
-        assert!(
-            Instant::now() < until,
-            "Prometheus never saw up == 1 (last: {up:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        up = query(r#"up{job="backend"}"#).await;
-    }
-    let mut requests = None;
-    while !requests.is_some_and(|r| r > 0.0) {
-        assert!(
-            Instant::now() < until,
-            "no http_requests_total in Prometheus"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        requests = query(r#"sum(http_requests_total{job="backend"})"#).await;
-    }
-    let _ = server.kill().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let prometheus = Prometheus::start(&[app.addr], &[]).await;
+    let deadline = Duration::from_secs(45);
+    prometheus
+        .wait_for(r#"up{job="backend"}"#, deadline, |r| {
+            first_value(r) == Some(1.0)
+        })
+        .await;
+    prometheus
+        .wait_for(
+            r#"sum(http_requests_total{job="backend"})"#,
+            deadline,
+            |r| first_value(r).is_some_and(|v| v > 0.0),
+        )
+        .await;
 }
