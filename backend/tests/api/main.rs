@@ -16,6 +16,7 @@ mod brokers;
 mod config_and_cli;
 mod deploy;
 mod details;
+mod drain;
 mod faults;
 mod health_endpoints;
 mod lifecycle;
