@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, env = "HEALTH_DETAILS_TOKEN", hide_env_values = true)]
     pub health_details_token: Option<String>,
 
+    /// How long a client gets to send a request's headers; also how long an idle
+    /// keep-alive connection is kept open.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
     /// After SIGTERM, how long readiness reports "draining" before the listener closes.
     #[arg(long, env = "SHUTDOWN_DRAIN_DELAY", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_drain_delay: Duration,
@@ -277,6 +282,7 @@ impl Config {
             ("DATABASE_ACQUIRE_TIMEOUT", self.database_acquire_timeout),
             ("REDIS_TIMEOUT", self.redis_timeout),
             ("SHUTDOWN_TIMEOUT", self.shutdown_timeout),
+            ("HTTP_HEADER_TIMEOUT", self.http_header_timeout),
         ] {
             if value.is_zero() {
                 return Err(invalid(setting, "must be above zero"));

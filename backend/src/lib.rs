@@ -12,7 +12,6 @@ pub mod health;
 pub mod orders;
 pub mod redis_client;
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -20,7 +19,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -259,29 +257,35 @@ impl Application {
         if let Some((metrics_listener, metrics_router)) = metrics_listener {
             let stop = stop_accepting.clone();
             tracing::info!(addr = ?metrics_listener.local_addr().ok(), "serving /metrics on its own listener");
+            let header_timeout = config.http_header_timeout;
             tasks.spawn("metrics-listener", move |cancel| async move {
-                let served = axum::serve(metrics_listener, metrics_router)
-                    .with_graceful_shutdown(async move {
-                        tokio::select! {
-                            () = stop.cancelled() => {}
-                            () = cancel.cancelled() => {}
-                        }
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::error!(task = "metrics-listener", error = %e, "metrics listener failed");
+                // Stops with the main listener, or when the tasks are shut down.
+                let either = CancellationToken::new();
+                let _stop_when_dropped = either.clone().drop_guard();
+                let server = api::server::serve(
+                    metrics_listener,
+                    metrics_router,
+                    header_timeout,
+                    either.clone(),
+                );
+                tokio::pin!(server);
+                tokio::select! {
+                    () = &mut server => return,
+                    () = stop.cancelled() => {}
+                    () = cancel.cancelled() => {}
                 }
+                either.cancel();
+                server.await;
             });
         }
-        // Open connections are counted at the listener; `tap_io` keeps the peer address
-        // available as `ConnectInfo<SocketAddr>`.
-        let listener = metrics.http.counting(listener).tap_io(|_| {});
-        let server = axum::serve(
+        // Open connections are counted at the listener.
+        let listener = metrics.http.counting(listener);
+        let server = api::server::serve(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop_accepting.clone().cancelled_owned())
-        .into_future();
+            router,
+            config.http_header_timeout,
+            stop_accepting.clone(),
+        );
         let mut server = tokio::spawn(server);
 
         tokio::select! {
@@ -291,8 +295,7 @@ impl Application {
                 brokers.stop(TASK_STOP_TIMEOUT).await;
                 db.close(TASK_STOP_TIMEOUT).await;
                 return match ended {
-                    Ok(Ok(())) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
-                    Ok(Err(e)) => Err(e).context("the HTTP server failed"),
+                    Ok(()) => Err(anyhow::anyhow!("the HTTP server stopped unexpectedly")),
                     Err(e) => Err(e).context("the HTTP server task failed"),
                 };
             }

@@ -6,6 +6,7 @@ pub mod health;
 pub mod metrics;
 pub mod orders;
 pub mod problem;
+pub mod server;
 pub mod status_page;
 
 use std::sync::Arc;

@@ -53,6 +53,7 @@ fn inconsistent_values_exit_2_naming_the_setting() {
     assert_rejected(&[("DATA_DIR", "/no/such/dir")], "DATA_DIR");
     assert_rejected(&[("CHECK_DISK_WARN", "96")], "CHECK_DISK_WARN");
     assert_rejected(&[("HEALTH_DETAILS_TOKEN", "short")], "HEALTH_DETAILS_TOKEN");
+    assert_rejected(&[("HTTP_HEADER_TIMEOUT", "0s")], "HTTP_HEADER_TIMEOUT");
 }
 
 #[test]

@@ -19,6 +19,7 @@ mod details;
 mod drain;
 mod faults;
 mod health_endpoints;
+mod http_server;
 mod lifecycle;
 mod metrics;
 mod migrations;
