@@ -3,7 +3,8 @@
 #
 #   docker build -t backend:0.1.0 .
 #   docker run -p 8000:8000 -e DATABASE_URL=... -e REDIS_URL=... backend:0.1.0
-#   docker run backend:0.1.0 paper-broker --bind 0.0.0.0:9100    # the simulator
+#   docker run backend:0.1.0 migrate                      # any backend subcommand
+#   docker run --entrypoint paper-broker backend:0.1.0 --bind 0.0.0.0:9100   # the simulator
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -30,5 +31,5 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
   CMD ["backend", "healthcheck"]
 # SIGTERM starts the drain (readiness 503 for SHUTDOWN_DRAIN_DELAY, then a graceful stop).
 STOPSIGNAL SIGTERM
-ENTRYPOINT []
-CMD ["backend", "serve"]
+ENTRYPOINT ["backend"]
+CMD ["serve"]

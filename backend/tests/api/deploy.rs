@@ -120,6 +120,31 @@ async fn every_probe_of_the_deployment_exists_on_the_apps_port_and_passes_when_r
 }
 
 #[test]
+fn the_deployment_runs_the_images_entrypoint_with_serve() {
+    // Kubernetes' `args` replace the image's CMD and `command` its ENTRYPOINT.
+    let dockerfile = std::fs::read_to_string(deploy_dir().join("../Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("\nENTRYPOINT [\"backend\"]\n"),
+        "{dockerfile}"
+    );
+    assert!(dockerfile.contains("\nCMD [\"serve\"]\n"));
+    assert!(dockerfile.contains("CMD [\"backend\", \"healthcheck\"]"));
+    let deployment = yaml("k8s/deployment.yaml");
+    let container = container(&deployment);
+    assert!(
+        container["command"].is_null(),
+        "keep the image's entrypoint"
+    );
+    assert_eq!(container["args"], json!(["serve"]));
+    let compose = yaml("../docker-compose.yml");
+    assert!(compose["services"]["backend"]["command"].is_null());
+    assert_eq!(
+        compose["services"]["paper-broker"]["entrypoint"],
+        json!(["paper-broker"])
+    );
+}
+
+#[test]
 fn probe_and_shutdown_timings_agree_with_the_settings() {
     let deployment = yaml("k8s/deployment.yaml");
     let config = deployment_config(&deployment);
