@@ -261,7 +261,6 @@ impl Application {
             tasks.spawn("metrics-listener", move |cancel| async move {
                 // Stops with the main listener, or when the tasks are shut down.
                 let either = CancellationToken::new();
-                let _stop_when_dropped = either.clone().drop_guard();
                 let server = api::server::serve(
                     metrics_listener,
                     metrics_router,

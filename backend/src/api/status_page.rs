@@ -57,7 +57,7 @@ border-bottom:1px solid #ddd;vertical-align:top}th{background:#f4f4f4}\
 .meta{color:#555}code{font-size:12px}";
 
 /// The page for a details body (the `/health/details` JSON object).
-pub fn render(body: &Map<String, Value>, refresh_seconds: u64) -> String {
+fn render(body: &Map<String, Value>, refresh_seconds: u64) -> String {
     let text = |key: &str| body.get(key).map(plain).unwrap_or_default();
     let status = text("status");
     let mut html = String::with_capacity(8 * 1024);
