@@ -87,26 +87,29 @@ impl Check for MemoryCheck {
         }
     }
     fn run(&self) -> CheckFuture<'_> {
-        Box::pin(async move {
-            let text = match self
-                .redis
-                .query::<String>(redis::cmd("INFO").arg("memory"))
-                .await
-            {
-                Ok(text) => text,
-                Err(e) => {
-                    return vec![Observation::fail(
-                        "redis:memory",
-                        format!("INFO memory failed: {e:#}"),
-                    )];
-                }
-            };
-            vec![memory_observation(
-                &Info::parse(&text),
-                self.warn_percent,
-                self.fail_percent,
-            )]
-        })
+        Box::pin(observe_info(
+            &self.redis,
+            "redis:memory",
+            "memory",
+            |info| memory_observation(info, self.warn_percent, self.fail_percent),
+        ))
+    }
+}
+
+/// Runs `INFO <section>` and judges it with `observe`; when the command fails, `key`
+/// fails with the error.
+async fn observe_info(
+    redis: &Redis,
+    key: &'static str,
+    section: &str,
+    observe: impl FnOnce(&Info<'_>) -> Observation,
+) -> Vec<Observation> {
+    match redis.query::<String>(redis::cmd("INFO").arg(section)).await {
+        Ok(text) => vec![observe(&Info::parse(&text))],
+        Err(e) => vec![Observation::fail(
+            key,
+            format!("INFO {section} failed: {e:#}"),
+        )],
     }
 }
 
@@ -170,22 +173,12 @@ impl Check for ClientsCheck {
         }
     }
     fn run(&self) -> CheckFuture<'_> {
-        Box::pin(async move {
-            let text = match self
-                .redis
-                .query::<String>(redis::cmd("INFO").arg("clients"))
-                .await
-            {
-                Ok(text) => text,
-                Err(e) => {
-                    return vec![Observation::fail(
-                        "redis:connections",
-                        format!("INFO clients failed: {e:#}"),
-                    )];
-                }
-            };
-            vec![clients_observation(&Info::parse(&text), self.warn_percent)]
-        })
+        Box::pin(observe_info(
+            &self.redis,
+            "redis:connections",
+            "clients",
+            |info| clients_observation(info, self.warn_percent),
+        ))
     }
 }
 
