@@ -402,6 +402,15 @@ impl Orders {
         }
     }
 
+    /// Removes an order that reached a final state from the pending map.
+    fn take_pending(&self, client_order_id: &str) -> Option<Pending> {
+        self.inner
+            .pending
+            .lock()
+            .ok()
+            .and_then(|mut p| p.remove(client_order_id))
+    }
+
     /// Counts a broker message and returns the row update it calls for.
     fn apply(&self, event: BrokerEvent) -> Option<Unwritten> {
         let inner = &self.inner;
@@ -447,11 +456,7 @@ impl Orders {
                 price,
                 quantity,
             } => {
-                let finished = inner
-                    .pending
-                    .lock()
-                    .ok()
-                    .and_then(|mut p| p.remove(&client_order_id));
+                let finished = self.take_pending(&client_order_id);
                 inner.metrics.filled.get_or_create(&labels).inc();
                 if let Some(p) = &finished {
                     inner
@@ -477,11 +482,7 @@ impl Orders {
                 client_order_id,
                 reason,
             } => {
-                let finished = inner
-                    .pending
-                    .lock()
-                    .ok()
-                    .and_then(|mut p| p.remove(&client_order_id));
+                let finished = self.take_pending(&client_order_id);
                 let reason = reject_reason(&reason);
                 self.count_rejected(&event.broker, reason);
                 if finished.as_ref().is_some_and(|p| !p.acknowledged) {
