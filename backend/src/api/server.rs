@@ -11,7 +11,6 @@
 //! in-flight request (closing idle ones), and returns once all are closed; the caller bounds
 //! that wait with `SHUTDOWN_TIMEOUT`.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -48,8 +47,7 @@ pub async fn serve<L>(
                 let mut request = request.map(axum::body::Body::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 request
-            })
-            .map_err(|never: Infallible| match never {});
+            });
         let connection = http.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
