@@ -479,6 +479,32 @@ mod cache_tests {
         config: Config,
     }
 
+    fn health_with_one_passing_check() -> Health {
+        Health::new(
+            vec![Arc::new(Passing)],
+            HealthSettings {
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_millis(500),
+                stale_after: Duration::from_secs(3),
+            },
+            ServiceInfo::current(),
+            Metrics::new(|_| {}).health.clone(),
+        )
+    }
+
+    #[tokio::test]
+    async fn details_warn_until_the_first_round_has_run() {
+        let health = health_with_one_passing_check();
+        let (status, body) = super::details_body(&health);
+        assert_eq!(status, crate::health::Status::Warn);
+        assert_eq!(body["output"], "no round of checks has completed yet");
+        assert_eq!(body["checks"], serde_json::json!({}));
+        health.run_round().await;
+        let (status, body) = super::details_body(&health);
+        assert_eq!(status, crate::health::Status::Pass);
+        assert!(body.get("output").is_none(), "{body:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_cached_ready_answer_expires_when_its_results_go_stale() {
         let config = Arc::new(Defaults::try_parse_from(["backend"]).unwrap().config);
@@ -504,16 +530,7 @@ mod cache_tests {
             metrics.errors.clone(),
             Duration::from_secs(1),
         );
-        let health = Health::new(
-            vec![Arc::new(Passing)],
-            HealthSettings {
-                interval: Duration::from_secs(1),
-                timeout: Duration::from_millis(500),
-                stale_after: Duration::from_secs(3),
-            },
-            ServiceInfo::current(),
-            metrics.health.clone(),
-        );
+        let health = health_with_one_passing_check();
         let state = AppState::new(Services {
             config,
             health_cache: super::HealthCache::new(&health),
