@@ -46,10 +46,10 @@ impl Tasks {
     }
 
     /// Cancels every task and waits for them, up to `deadline` in all; aborts the rest.
-    pub async fn shutdown(self, deadline: Duration) {
+    pub async fn shutdown(mut self, deadline: Duration) {
         self.cancel.cancel();
         let until = tokio::time::Instant::now() + deadline;
-        for (name, mut handle) in self.running {
+        for (name, mut handle) in std::mem::take(&mut self.running) {
             match tokio::time::timeout_at(until, &mut handle).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) if e.is_panic() => tracing::error!(task = name, "task panicked"),
@@ -63,8 +63,38 @@ impl Tasks {
     }
 }
 
+/// Dropping the owner without [`Tasks::shutdown`] (its future was dropped or aborted)
+/// still stops every task: none outlives the application that started it.
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        for (_, handle) in &self.running {
+            handle.abort();
+        }
+    }
+}
+
 impl Default for Tasks {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_the_owner_stops_its_tasks() {
+        let (alive, stopped) = tokio::sync::oneshot::channel::<()>();
+        let mut tasks = Tasks::new();
+        // Ignores its token: only the abort can stop it.
+        tasks.spawn("forever", move |_cancel| async move {
+            let _alive = alive;
+            std::future::pending::<()>().await;
+        });
+        drop(tasks);
+        let result = tokio::time::timeout(Duration::from_secs(1), stopped).await;
+        assert!(matches!(result, Ok(Err(_))), "the task outlived its owner");
     }
 }
