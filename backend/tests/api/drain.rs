@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{database_url, drop_database, parse_metrics, unique_name};
+use crate::helpers::{TestDatabase, parse_metrics, unique_name};
 use crate::process::Process;
 
 /// HAProxy's health checking: every 250 ms, down after 2 failures, up after 2 successes.
@@ -178,10 +178,10 @@ struct Outcome {
 
 /// The whole scenario with the given `SHUTDOWN_DRAIN_DELAY` on both instances.
 async fn restart_one_instance_under_load(drain_delay: &'static str) -> Outcome {
-    let db = unique_name("drain");
+    let db = TestDatabase::new("drain");
     let instances = [0, 1].map(|_| Instance {
         port: free_port(),
-        database_url: database_url(&db),
+        database_url: db.url(),
         drain_delay,
     });
     let client = reqwest::Client::builder()
@@ -266,7 +266,6 @@ async fn restart_one_instance_under_load(drain_delay: &'static str) -> Outcome {
         .collect::<Vec<_>>()
         .join("\n");
     drop((restarted, second, haproxy));
-    drop_database(&db);
     let failures = failures.lock().unwrap();
     Outcome {
         succeeded: succeeded.load(Ordering::Relaxed),

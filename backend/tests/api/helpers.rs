@@ -119,10 +119,10 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(options: Options) -> TestApp {
     let mut config = test_config();
-    let db_name = options
-        .db_name
-        .clone()
-        .unwrap_or_else(|| unique_name("test"));
+    let db_name = match options.db_name.clone() {
+        Some(name) => name,
+        None => create_database(&unique_name("test")).await,
+    };
     let mut db_url = base_database_url();
     db_url.set_path(&db_name);
     let pg_proxy = if options.postgres_proxy {
@@ -313,6 +313,46 @@ pub fn with_broker(
         })),
         ..Options::default()
     }
+}
+
+/// A database name of its own for a test that starts the real binary; the database is
+/// dropped when the guard is, so also when the test fails.
+pub struct TestDatabase {
+    pub name: String,
+}
+
+impl TestDatabase {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            name: unique_name(prefix),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        database_url(&self.name)
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        drop_database(&self.name);
+    }
+}
+
+/// Creates an empty database for a test app. The app would create it itself, but a test
+/// that ends within milliseconds could then drop it while the app's `CREATE DATABASE` is
+/// still executing on the server, and the database would outlive the test.
+async fn create_database(name: &str) -> String {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(base_database_url().as_str())
+        .await
+        .expect("the test PostgreSQL server answers");
+    let sql = format!("CREATE DATABASE \"{name}\"");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .expect("test database created");
+    name.to_owned()
 }
 
 /// Drops a test database, from a thread of its own so it also runs while unwinding.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 
-use crate::helpers::{Options, database_url, drop_database, spawn_app_with, unique_name};
+use crate::helpers::{Options, TestDatabase, spawn_app_with};
 use crate::process::Process;
 
 #[tokio::test]
@@ -63,8 +63,8 @@ async fn get_status(client: &reqwest::Client, url: &str) -> u16 {
 
 #[tokio::test]
 async fn sigterm_drains_and_exits_zero_without_leaking_the_password() {
-    let name = unique_name("test");
-    let mut url = url::Url::parse(&database_url(&name)).unwrap();
+    let db = TestDatabase::new("test");
+    let mut url = url::Url::parse(&db.url()).unwrap();
     url.set_password(Some("Sup3rSecretPw")).unwrap();
     let mut process = Process::spawn(&[
         ("DATABASE_URL", url.as_str()),
@@ -109,7 +109,6 @@ async fn sigterm_drains_and_exits_zero_without_leaking_the_password() {
         !output.contains("Sup3rSecretPw"),
         "password in logs: {output}"
     );
-    drop_database(&name);
 }
 
 #[tokio::test]
